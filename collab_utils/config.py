@@ -1,0 +1,298 @@
+"""Run parameters: YAML files validated into dataclasses.
+
+    params = config.load("params/quickstart.yaml", ["reward.lam=1e-4"])
+
+An unknown key, a wrong type or an impossible value raises `ParamsError` naming the key and
+the file. The notebooks take two papermill parameters, `params_file` and `overrides`, and call
+`load` with them, so a notebook, the CLI and a sweep all read parameters the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file or override that cannot be used; the message names the file and key."""
+
+
+BACKENDS = ("hf", "openai", "agenda")
+
+
+@dataclass
+class ModelSpec:
+    """One role's model. `backend: agenda` is the rule-based user simulator (user role only)."""
+
+    backend: str = "hf"
+    model: str = "embedded"
+    adapter: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 16
+    load_in_4bit: bool = False
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 4
+    timeout_s: float = 120.0
+
+    def check(self, key: str) -> None:
+        _require(self.backend in BACKENDS, f"{key}.backend", f"must be one of {BACKENDS}")
+        _require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            f"{key}.dtype",
+            "must be auto, float32, bfloat16 or float16",
+        )
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _require(self.concurrency >= 1, f"{key}.concurrency", "must be >= 1")
+        _require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
+        _require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+        if self.backend == "openai":
+            _require(bool(self.base_url), f"{key}.base_url", "is required for backend openai")
+
+
+@dataclass
+class Models:
+    assistant: ModelSpec = field(default_factory=ModelSpec)
+    user: ModelSpec = field(default_factory=ModelSpec)
+    judge: ModelSpec = field(default_factory=ModelSpec)
+
+    def check(self, key: str) -> None:
+        for role in ("assistant", "judge"):
+            _require(
+                getattr(self, role).backend != "agenda",
+                f"{key}.{role}.backend",
+                "agenda is a user simulator; use it for the user role only",
+            )
+
+
+@dataclass
+class TaskParams:
+    source: str = "builtin:code"
+    format: str | None = None
+    limit: int | None = None
+    holdout_fraction: float = 0.25
+
+    def check(self, key: str) -> None:
+        _require(self.limit is None or self.limit >= 1, f"{key}.limit", "must be >= 1 or null")
+        _require(0 <= self.holdout_fraction < 1, f"{key}.holdout_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    user_max_new_tokens: int = 96
+    judge_max_new_tokens: int = 48
+
+    def check(self, key: str) -> None:
+        for name in ("max_new_tokens", "user_max_new_tokens", "judge_max_new_tokens"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.temperature >= 0, f"{key}.temperature", "must be >= 0")
+        _require(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class RewardParams:
+    """MR: S futures (`n_samples`) of `window` rounds for each of `n_candidates` responses."""
+
+    n_candidates: int = 4
+    n_samples: int = 3
+    window: int = 2
+    lam: float = 5e-4
+    mu: float = 1.0
+    proactive_fraction: float = 0.5
+
+    def check(self, key: str) -> None:
+        _require(self.n_candidates >= 1, f"{key}.n_candidates", "must be >= 1")
+        _require(self.n_samples >= 1, f"{key}.n_samples", "must be >= 1")
+        _require(self.window >= 0, f"{key}.window", "must be >= 0")
+        _require(self.lam >= 0, f"{key}.lam", "must be >= 0")
+        _require(0 <= self.proactive_fraction <= 1, f"{key}.proactive_fraction", "in [0, 1]")
+
+
+@dataclass
+class Params:
+    run_name: str = ""
+    seed: int = 0
+    output_dir: str = "outputs"
+    cache_path: str = "outputs/.cache/generations.sqlite"
+    models: Models = field(default_factory=Models)
+    tasks: TaskParams = field(default_factory=TaskParams)
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    reward: RewardParams = field(default_factory=RewardParams)
+    source_file: str = field(default="", metadata={"internal": True})
+
+    def check(self, key: str) -> None:
+        _require(
+            bool(re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name)),
+            "run_name",
+            "must be letters, digits, '.', '_' or '-'",
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return resolve_path(self.output_dir) / self.run_name
+
+    @property
+    def cache_file(self) -> Path:
+        return resolve_path(self.cache_path)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("source_file")
+        return data
+
+    def dump(self, path: str | Path) -> Path:
+        """Write the resolved parameters as YAML (atomically)."""
+        from .io import write_text
+
+        return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise _KeyError(key, message)
+
+
+class _KeyError(Exception):
+    def __init__(self, key: str, message: str):
+        super().__init__(key, message)
+        self.key, self.message = key, message
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `5e-4` as a string; scientific notation without a dot is a float here."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str):
+    """A `--set` value: YAML scalar syntax (`1e-4`, `true`, `null`, `[1, 2]`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def project_root() -> Path:
+    """The folder holding `params/` (the repository), found from the working directory."""
+    env = os.environ.get("COLLAB_UTILS_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params").is_dir() and (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def resolve_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def load(path: str | Path, overrides: list[str] | dict | None = None) -> Params:
+    """Read, override and validate a params file."""
+    file = resolve_path(path)
+    if not file.is_file():
+        raise ParamsError(f"{file}: params file not found")
+    try:
+        raw = yaml.load(file.read_text(), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{file}:{where} not valid YAML: {exc}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{file}: expected a mapping of keys at the top level")
+    raw.setdefault("run_name", file.stem)
+    for key, value in _override_items(overrides, file):
+        _set_dotted(raw, key, value, file)
+    try:
+        params = _build(Params, raw, "")
+    except _KeyError as exc:
+        raise ParamsError(f"{file}: key '{exc.key}': {exc.message}") from None
+    params.source_file = str(file)
+    return params
+
+
+def _override_items(overrides, file: Path) -> list[tuple[str, object]]:
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    items = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"{file}: override '{item}' is not key=value")
+        items.append((key.strip(), parse_value(value)))
+    return items
+
+
+def _set_dotted(raw: dict, key: str, value, file: Path) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"{file}: override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise _KeyError(prefix or "(top level)", f"expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise _KeyError(dotted, f"unknown key{hint}; known keys: {', '.join(names)}")
+        kwargs[key] = _convert(hints[key], value, dotted)
+    obj = cls(**kwargs)
+    obj.check(prefix.rstrip("."))
+    return obj
+
+
+def _convert(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise _KeyError(key, f"must not be null (expected {_name(options)})")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    raise _KeyError(key, f"expected {_name(options)}, got {_describe(value)}")
+
+
+def _name(options) -> str:
+    return " or ".join(o.__name__ for o in options if o is not type(None))
+
+
+def _describe(value) -> str:
+    return f"{type(value).__name__} {value!r}"
