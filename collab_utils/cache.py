@@ -4,6 +4,7 @@ A key is the SHA-256 of everything that determines a generation: the backend's f
 (backend, model, adapter), the messages, the sampling parameters and the seed. A rerun reads
 its generations back, an interrupted run resumes, and a λ sweep re-scores stored futures.
 Each `put_many` is one transaction: a process killed mid-write loses only that transaction.
+Open the cache in each process (SQLite connections must not cross a `fork`).
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def load(path: str | Path, overrides: list[str] | dict | None = None) -> Params:
         raw = yaml.load(file.read_text(), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f" line {mark.line + 1}:" if mark else ""
         raise ParamsError(f"{file}:{where} not valid YAML: {exc}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -254,7 +254,8 @@ def _set_dotted(raw: dict, key: str, value, file: Path) -> None:
 
 def _build(cls, data, prefix: str):
     if not isinstance(data, dict):
-        raise _KeyError(prefix or "(top level)", f"expected a mapping, got {_describe(data)}")
+        where = prefix.rstrip(".") or "(top level)"
+        raise _KeyError(where, f"expected a mapping, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
     kwargs = {}

@@ -83,7 +83,10 @@ class Backend:
                 self.cache.put_many(fresh)
         else:
             fresh = {}
-        return [_generation(fresh[k], False) if k in fresh else _generation(found[k], True) for k in keys]
+        return [
+            _generation(fresh[k], False) if k in fresh else _generation(found[k], True)
+            for k in keys
+        ]
 
     def _generate(
         self, conversations: list[list[dict]], params: dict, seeds: list[int], desc: str | None

@@ -295,4 +295,3 @@ def judge_helpfulness(
         for context, response, goal in zip(contexts, responses, goals, strict=True)
     ]
     return _judge(backend, prompts, seeds, max_new_tokens)
-

@@ -292,9 +292,12 @@ def run_tests(
     guarantees()
     started = time.monotonic()
     nonce = secrets.token_hex(16)
-    with _sandbox_uid() as uid, tempfile.TemporaryDirectory(
-        prefix="collab-sandbox-", ignore_cleanup_errors=True
-    ) as workdir:
+    with (
+        _sandbox_uid() as uid,
+        tempfile.TemporaryDirectory(
+            prefix="collab-sandbox-", ignore_cleanup_errors=True
+        ) as workdir,
+    ):
         if uid is not None:
             os.chown(workdir, uid, uid)
         verdict_read, verdict_write = os.pipe()
@@ -321,6 +324,9 @@ def run_tests(
                 start_new_session=True,
                 pass_fds=(verdict_write,),
             )
+        except BaseException:
+            os.close(verdict_read)
+            raise
         finally:
             os.close(verdict_write)
         with os.fdopen(verdict_read, "rb") as verdict_stream:
@@ -345,7 +351,9 @@ def _supervise(process, config, verdict_stream, timeout_s, uid):
     output_chunks: list[bytes] = []
     verdict_chunks: list[bytes] = []
     readers = [
-        threading.Thread(target=_read_capped, args=(process.stdout, OUTPUT_LIMIT_BYTES, output_chunks)),
+        threading.Thread(
+            target=_read_capped, args=(process.stdout, OUTPUT_LIMIT_BYTES, output_chunks)
+        ),
         threading.Thread(
             target=_read_capped, args=(verdict_stream, VERDICT_LIMIT_BYTES, verdict_chunks)
         ),

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["FORMATS", "Requirement", "Task", "TaskFormatError", "load", "split"]
+__all__ = ["FORMATS", "Requirement", "Task", "TaskFormatError", "builtin_names", "load", "split"]
 
 KINDS = ("code", "math", "doc", "qa")
 FORMATS = ("native", "humaneval", "bigcodebench", "math", "medium", "abg-coqa")
@@ -86,8 +86,11 @@ def load(source: str | Path, format: str | None = None) -> list[Task]:
 
 
 def builtin_names() -> list[str]:
+    """Names usable as `builtin:<name>`."""
     folder = importlib.resources.files("collab_utils") / "data"
-    return sorted(p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl"))
+    return sorted(
+        p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl")
+    )
 
 
 def split(tasks: list[Task], holdout_fraction: float, seed: int) -> tuple[list[Task], list[Task]]:
@@ -370,4 +373,3 @@ def _load_abg_coqa(path: Path) -> list[Task]:
             )
         )
     return _check_unique(tasks, path)
-

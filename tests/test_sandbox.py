@@ -50,9 +50,11 @@ def test_humaneval_canonical_solutions_pass_and_stubs_fail():
     stubs = sandbox.run_many(
         [(t.metadata["prompt"] + "    return None\n", t.tests, t.entry_point) for t in problems]
     )
-    failing = [(t.id, r.status, r.detail) for t, r in zip(problems, canonical) if not r.passed]
+    failing = [
+        (t.id, r.status, r.detail) for t, r in zip(problems, canonical, strict=True) if not r.passed
+    ]
     assert failing == []
-    passing_stubs = [t.id for t, r in zip(problems, stubs) if r.passed]
+    passing_stubs = [t.id for t, r in zip(problems, stubs, strict=True) if r.passed]
     assert passing_stubs == []
 
 
