@@ -121,6 +121,55 @@ class RewardParams:
 
 
 @dataclass
+class PairParams:
+    """Multi-turn data generation and chosen/rejected pairs."""
+
+    max_turns: int = 3
+    min_gap: float = 0.05
+    pairs_per_turn: int = 1
+
+    def check(self, key: str) -> None:
+        _require(self.max_turns >= 1, f"{key}.max_turns", "must be >= 1")
+        _require(self.min_gap >= 0, f"{key}.min_gap", "must be >= 0")
+        _require(self.pairs_per_turn >= 1, f"{key}.pairs_per_turn", "must be >= 1")
+
+
+@dataclass
+class TrainParams:
+    """DPO with LoRA (paper defaults); 4-bit NF4 QLoRA when CUDA is present."""
+
+    lora_r: int = 32
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    target_modules: str = "all-linear"
+    beta: float = 0.1
+    learning_rate: float = 5e-6
+    epochs: float = 1.0
+    batch_size: int = 2
+    gradient_accumulation_steps: int = 4
+    max_length: int = 1024
+    gradient_checkpointing: bool = True
+    quantize_4bit: str = "auto"
+    report_to: str = "none"
+    logging_steps: int = 1
+
+    def check(self, key: str) -> None:
+        for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(0 <= self.lora_dropout < 1, f"{key}.lora_dropout", "must be in [0, 1)")
+        _require(self.beta > 0, f"{key}.beta", "must be > 0")
+        _require(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+        _require(self.epochs > 0, f"{key}.epochs", "must be > 0")
+        _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16")
+        _require(self.logging_steps >= 1, f"{key}.logging_steps", "must be >= 1")
+        _require(
+            self.quantize_4bit in ("auto", "yes", "no"),
+            f"{key}.quantize_4bit",
+            "must be auto (4-bit when CUDA is present), yes or no",
+        )
+
+
+@dataclass
 class Params:
     run_name: str = ""
     seed: int = 0
@@ -130,6 +179,8 @@ class Params:
     tasks: TaskParams = field(default_factory=TaskParams)
     generation: GenerationParams = field(default_factory=GenerationParams)
     reward: RewardParams = field(default_factory=RewardParams)
+    pairs: PairParams = field(default_factory=PairParams)
+    train: TrainParams = field(default_factory=TrainParams)
     source_file: str = field(default="", metadata={"internal": True})
 
     def check(self, key: str) -> None:
