@@ -10,11 +10,13 @@ figures to `outputs/<run_name>/`. A failing stage stops the run and names the no
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import os
 import platform
 import subprocess
 from pathlib import Path
 
+import yaml
 from tqdm.auto import tqdm
 
 from . import config
@@ -121,29 +123,95 @@ def stage_notebooks() -> list[Path]:
     return [folder / f"{s}.ipynb" for s in STAGES if (folder / f"{s}.ipynb").is_file()]
 
 
-def run(params_file: str | Path, overrides: list[str] | None = None) -> Path:
-    """Execute every existing stage notebook in order into the run folder."""
+def execute(notebook: Path, executed: Path, parameters: dict) -> Path:
+    """Run one notebook headless with papermill; a failure names the notebook and the cell."""
     import papermill
 
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=parameters,
+            cwd=str(config.project_root()),
+            progress_bar=False,
+            kernel_name="python3",
+        )
+    except papermill.PapermillExecutionError as exc:
+        raise StageError(
+            f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+            f"(executed copy: {executed})"
+        ) from None
+    return executed
+
+
+def run(params_file: str | Path, overrides: list[str] | None = None) -> Path:
+    """Execute every existing stage notebook in order into the run folder."""
     params = prepare(params_file, overrides)
     resolved = str(params.run_dir / "params.yaml")
     notebooks = stage_notebooks()
     if not notebooks:
         raise StageError(f"no stage notebooks in {config.project_root() / 'notebooks'}")
     for notebook in tqdm(notebooks, desc=f"run {params.run_name}", unit="stage"):
-        executed = params.run_dir / notebook.name
-        try:
-            papermill.execute_notebook(
-                str(notebook),
-                str(executed),
-                parameters={"params_file": resolved, "overrides": []},
-                cwd=str(config.project_root()),
-                progress_bar=False,
-                kernel_name="python3",
-            )
-        except papermill.PapermillExecutionError as exc:
-            raise StageError(
-                f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
-                f"(executed copy: {executed})"
-            ) from None
+        execute(
+            notebook, params.run_dir / notebook.name, {"params_file": resolved, "overrides": []}
+        )
     return params.run_dir
+
+
+SWEEP_KEYS = ("base", "set", "vary", "report")
+
+
+def load_sweep(sweep_file: str | Path) -> tuple[Path, list[list[str]], list[str]]:
+    """Validate a sweep file; returns the base params file, one override list per run, names.
+
+        base: params/quickstart.yaml      # the recipe every run starts from
+        set: ["pairs.path_lam=5.0e-4"]    # overrides shared by every run
+        vary:                             # one run per combination
+          reward.lam: [1.0e-4, 5.0e-4, 1.0e-3]
+
+    Every run's parameters are validated before the first run starts.
+    """
+    file = config.resolve_path(sweep_file)
+    if not file.is_file():
+        raise config.ParamsError(f"{file}: sweep file not found")
+    spec = yaml.load(file.read_text(), Loader=config._Loader) or {}
+    unknown = set(spec) - set(SWEEP_KEYS)
+    if unknown:
+        raise config.ParamsError(
+            f"{file}: unknown sweep keys {sorted(unknown)}; known: {SWEEP_KEYS}"
+        )
+    if "base" not in spec or not isinstance(spec.get("vary"), dict) or not spec["vary"]:
+        raise config.ParamsError(
+            f"{file}: a sweep needs 'base' (a params file) and 'vary' (a mapping)"
+        )
+    base = config.resolve_path(spec["base"])
+    shared = [str(item) for item in spec.get("set") or []]
+    for key, values in spec["vary"].items():
+        if not isinstance(values, list) or not values:
+            raise config.ParamsError(f"{file}: vary '{key}' needs a non-empty list of values")
+    keys = list(spec["vary"])
+    runs, names = [], []
+    for combo in itertools.product(*(spec["vary"][k] for k in keys)):
+        label = "_".join(f"{k.split('.')[-1]}{v}" for k, v in zip(keys, combo))
+        name = f"{file.stem}_{label}"
+        overrides = [*shared, *(f"{k}={v}" for k, v in zip(keys, combo)), f"run_name={name}"]
+        try:
+            config.load(base, overrides)
+        except config.ParamsError as exc:
+            raise config.ParamsError(f"{file}: run {name}: {exc}") from None
+        runs.append(overrides)
+        names.append(name)
+    return base, runs, names
+
+
+def sweep(sweep_file: str | Path) -> Path:
+    """One run per combination, sharing the generation cache, then the sweep report."""
+    base, overrides, names = load_sweep(sweep_file)
+    run_dirs = [run(base, o) for o in tqdm(overrides, desc="sweep", unit="run")]
+    first = config.load(base, overrides[0])
+    sweep_dir = config.resolve_path(first.output_dir) / Path(sweep_file).stem
+    runs = dict(zip(names, map(str, run_dirs)))
+    write_json(sweep_dir / "sweep.json", {"sweep_file": str(sweep_file), "runs": runs})
+    report = config.project_root() / "notebooks" / "06_sweep_report.ipynb"
+    execute(report, sweep_dir / report.name, {"sweep_dir": str(sweep_dir)})
+    return sweep_dir
