@@ -127,6 +127,7 @@ class PairParams:
     max_turns: int = 3
     min_gap: float = 0.05
     pairs_per_turn: int = 1
+    path_lam: float | None = None  # λ that picks the conversation path; null: reward.lam
 
     def check(self, key: str) -> None:
         _require(self.max_turns >= 1, f"{key}.max_turns", "must be >= 1")
@@ -170,6 +171,19 @@ class TrainParams:
 
 
 @dataclass
+class EvalParams:
+    """Fresh conversations on held-out tasks: base, proactive-prompted base, trained."""
+
+    rounds: int = 3
+    qa_source: str | None = "builtin:qa"
+    qa_limit: int | None = 10
+
+    def check(self, key: str) -> None:
+        _require(self.rounds >= 1, f"{key}.rounds", "must be >= 1")
+        _require(self.qa_limit is None or self.qa_limit >= 1, f"{key}.qa_limit", ">= 1 or null")
+
+
+@dataclass
 class Params:
     run_name: str = ""
     seed: int = 0
@@ -181,6 +195,7 @@ class Params:
     reward: RewardParams = field(default_factory=RewardParams)
     pairs: PairParams = field(default_factory=PairParams)
     train: TrainParams = field(default_factory=TrainParams)
+    eval: EvalParams = field(default_factory=EvalParams)
     source_file: str = field(default="", metadata={"internal": True})
 
     def check(self, key: str) -> None:

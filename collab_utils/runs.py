@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from . import config
+from . import config, report
 from .io import write_json
 
 STAGES = (

@@ -1,0 +1,136 @@
+"""Evaluation: fresh simulated conversations, from the user's opening to a round limit.
+
+Each system (the base model, the base model with the proactive system prompt, the trained
+adapter) talks with the user simulator on held-out tasks. Per conversation we record:
+
+    task_success  R_ext of the final answer (pass rate / accuracy / BLEU)
+    itr           the judge's interactivity score of the whole conversation, in [0, 1]
+    tokens_k      thousands of assistant tokens the user had to read
+    rounds        assistant turns until the user ended the chat or the limit
+
+and their means per system: the shape of the paper's Table 1. On the qa set, each system's
+first reply is checked: a clarifying question when the question is ambiguous, an answer when
+it is clear (Table 2). Transcripts are stored, so every metric can be recomputed offline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from . import metrics, reward, simulate
+from .seeds import derive_seed
+
+
+class Prompted:
+    """A backend whose every request starts with `system_prompt` (e.g. the proactive prompt)."""
+
+    def __init__(self, backend, system_prompt: str | None):
+        self.backend, self.system_prompt = backend, system_prompt
+
+    def chat(self, conversations, **kwargs):
+        if self.system_prompt:
+            conversations = [simulate._with_system(c, self.system_prompt) for c in conversations]
+        return self.backend.chat(conversations, **kwargs)
+
+    def count_tokens(self, texts):
+        return self.backend.count_tokens(texts)
+
+
+def converse(tasks, assistant, user, *, rounds: int, seed: int, sampling: dict, label: str):
+    """One conversation per task: the opening, `rounds` assistant turns at most, in lock-step."""
+    contexts = [simulate.Context.opening(task) for task in tasks]
+    seeds = [derive_seed(seed, t.id, "eval", "first") for t in tasks]
+    first = assistant.chat([c.messages for c in contexts], seed=seeds, desc=label, **sampling)
+    candidates = [[simulate.Candidate(0, label, g.text, s)] for g, s in zip(first, seeds)]
+    return contexts, simulate.rollout(
+        contexts,
+        candidates,
+        assistant=assistant,
+        user=user,
+        n_samples=1,
+        window=rounds - 1,
+        seed=derive_seed(seed, "eval"),
+        progress=False,
+        **sampling,
+    )
+
+
+def evaluate(
+    tasks,
+    systems: dict,
+    *,
+    user,
+    judge,
+    rounds: int,
+    seed: int,
+    sampling: dict,
+    judge_max_new_tokens: int = 48,
+) -> pd.DataFrame:
+    """The transcript table: one row per (system, task). `systems` maps a name to a backend."""
+    rows = []
+    for name, assistant in systems.items():
+        contexts, futures = converse(
+            tasks, assistant, user, rounds=rounds, seed=seed, sampling=sampling, label=name
+        )
+        conversations = [[*contexts[i].messages, *f.window] for i, f in enumerate(futures)]
+        seeds = [derive_seed(seed, t.id, "eval", "itr") for t in tasks]
+        scores = metrics.judge_interactivity(
+            judge,
+            conversations,
+            [t.goal for t in tasks],
+            seeds=seeds,
+            max_new_tokens=judge_max_new_tokens,
+        )
+        for task, future, conversation, score in zip(tasks, futures, conversations, scores):
+            rows.append(
+                {
+                    "system": name,
+                    "task_id": task.id,
+                    "kind": task.kind,
+                    "task_success": reward.task_success(task, future.window),
+                    "itr": score.score if score.parsed else math.nan,
+                    "itr_parsed": score.parsed,
+                    "tokens_k": future.assistant_tokens / 1000,
+                    "rounds": future.rounds + 1,
+                    "stop_reason": future.stop_reason,
+                    "first_reply": future.window[0]["content"],
+                    "messages": conversation,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summary_table(transcripts: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: mean and standard error over tasks of each metric, per system."""
+    columns = ["task_success", "itr", "tokens_k", "rounds"]
+    grouped = transcripts.groupby("system", sort=False)[columns]
+    mean, sem = grouped.mean(), grouped.sem(ddof=1)
+    table = mean.join(sem, rsuffix="_sem")
+    table["n"] = grouped.size()
+    return table
+
+
+def qa_table(qa_tasks, systems: dict, *, seed: int, sampling: dict) -> pd.DataFrame:
+    """Table 2: clarify-when-ambiguous and answer-when-clear accuracy of the first reply."""
+    rows = []
+    for name, assistant in systems.items():
+        seeds = [derive_seed(seed, t.id, "eval", "qa") for t in qa_tasks]
+        openings = [simulate.Context.opening(t).messages for t in qa_tasks]
+        replies = assistant.chat(openings, seed=seeds, desc=f"qa {name}", **sampling)
+        for task, reply in zip(qa_tasks, replies):
+            rows.append(
+                {
+                    "system": name,
+                    "task_id": task.id,
+                    "ambiguous": task.reference == "clarify",
+                    "move": metrics.clarify_or_answer(reply.text),
+                    "correct": metrics.qa_correct(reply.text, task),
+                    "reply": reply.text,
+                }
+            )
+    table = pd.DataFrame(rows)
+    accuracy = table.pivot_table(index="system", columns="ambiguous", values="correct", sort=False)
+    accuracy = accuracy.rename(columns={True: "clarify_when_ambiguous", False: "answer_when_clear"})
+    return table, accuracy
