@@ -95,3 +95,9 @@ def up_to_date(marker: Path, *inputs) -> bool:
 
 def mark_done(marker: Path, *inputs) -> None:
     write_text(marker, inputs_digest(*inputs) + "\n")
+
+
+def record_generations(run_dir: Path, stage: str, counts: dict[str, int]) -> dict[str, int]:
+    """Store how many generations a stage sent to a model, per role (cache hits excluded)."""
+    write_text(Path(run_dir) / "generations" / f"{stage}.json", json.dumps(counts) + "\n")
+    return counts

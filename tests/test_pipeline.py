@@ -1,0 +1,151 @@
+"""The whole pipeline through papermill with params/smoke.yaml: run, kill and resume, sweep,
+and the report in a real headless Chromium."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from collab_utils import config, runs
+from collab_utils.cache import GenerationCache
+
+pytestmark = pytest.mark.slow
+SMOKE = "params/smoke.yaml"
+STAGES = [f"{s}.ipynb" for s in runs.STAGES]
+
+
+def isolated(folder: Path) -> list[str]:
+    """Overrides that put a run and its generation cache in `folder`."""
+    return [f"output_dir={folder}", f"cache_path={folder / 'cache.sqlite'}"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("smoke")
+    return runs.run(SMOKE, isolated(folder)), folder
+
+
+def test_smoke_run_goes_through_every_stage(smoke_run):
+    run_dir, _ = smoke_run
+    for name in [*STAGES, "params.yaml", "env.json", "report.html", "pairs.jsonl", "sft.jsonl"]:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["table1"]) == {"base", "proactive", "trained"}
+    for numbers in metrics["table1"].values():
+        assert 0 <= numbers["task_success"] <= 1 and numbers["tokens_k"] > 0
+        assert 1 <= numbers["rounds"] <= 2
+    assert set(metrics["table2"]) == {"base", "proactive", "trained"}
+    pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["gap"] >= 0 for p in pairs)
+    log = pd.read_json(run_dir / "train" / "train_log.jsonl", lines=True)
+    assert log["loss"].notna().any()
+
+
+def _read_outputs(run_dir: Path) -> dict:
+    return {
+        "pairs": (run_dir / "pairs.jsonl").read_text(),
+        "candidates": pd.read_parquet(run_dir / "datagen_candidates.parquet")[
+            ["task_id", "turn", "candidate", "response", "mr"]
+        ],
+        "metrics": json.loads((run_dir / "metrics.json").read_text()),
+    }
+
+
+def test_killed_run_resumes_with_same_results_and_no_repeated_generation(smoke_run, tmp_path):
+    reference_dir, reference_folder = smoke_run
+    overrides = isolated(tmp_path)
+    command = [sys.executable, "-m", "collab_utils", "run", SMOKE]
+    for item in overrides:
+        command += ["--set", item]
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    marker = tmp_path / "smoke" / "datagen" / "turn_0.parquet"
+    deadline = time.monotonic() + 1200
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marker.exists(), "the run never reached the data-generation stage"
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its notebook kernel
+    process.wait()
+    assert not (tmp_path / "smoke" / "metrics.json").exists()
+
+    run_dir = runs.run(SMOKE, overrides)
+    for stage in ("01_user_simulator", "02_multiturn_reward"):
+        counts = json.loads((run_dir / "generations" / f"{stage}.json").read_text())
+        assert sum(counts.values()) == 0, f"{stage} generated again after the restart: {counts}"
+    resumed = json.loads((run_dir / "generations" / "03_preference_pairs.json").read_text())
+    whole = json.loads((reference_dir / "generations" / "03_preference_pairs.json").read_text())
+    assert sum(resumed.values()) < sum(whole.values())  # turn 0 came from the stored table
+    again, reference = _read_outputs(run_dir), _read_outputs(reference_dir)
+    assert again["pairs"] == reference["pairs"]
+    pd.testing.assert_frame_equal(again["candidates"], reference["candidates"])
+    assert again["metrics"]["table1"] == reference["metrics"]["table1"]
+    assert len(GenerationCache(tmp_path / "cache.sqlite")) == len(
+        GenerationCache(reference_folder / "cache.sqlite")
+    )
+
+
+def test_lambda_sweep_reuses_every_rollout(smoke_run, tmp_path):
+    _, folder = smoke_run
+    sweep_file = tmp_path / "lam.yaml"
+    shared = [*isolated(tmp_path), "pairs.path_lam=5.0e-4"]
+    shutil.copy(folder / "cache.sqlite", tmp_path / "cache.sqlite")  # the smoke run's cache
+    sweep_file.write_text(
+        f"base: {config.resolve_path(SMOKE)}\nset: {json.dumps(shared)}\n"
+        "vary:\n  reward.lam: [5.0e-4, 1.0e-3, 2.0e-3]\n"
+    )
+    sweep_dir = runs.sweep(sweep_file)
+    listing = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+    assert len(listing) == 3
+    lams = []
+    for run_dir in map(Path, listing.values()):
+        counts = json.loads((run_dir / "generations" / "03_preference_pairs.json").read_text())
+        assert counts == {"assistant": 0, "user": 0, "judge": 0}, run_dir.name
+        lams.append(config.load(run_dir / "params.yaml").reward.lam)
+    assert lams == [5e-4, 1e-3, 2e-3]
+    table = pd.read_csv(sweep_dir / "sweep_table.csv")
+    assert len(table) == 3 and (table["rollout_generations"] == 0).all()
+    assert (sweep_dir / "06_sweep_report.ipynb").is_file()
+
+
+def test_report_renders_every_figure_in_headless_chromium(smoke_run):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    run_dir, _ = smoke_run
+    expected = sum(
+        1
+        for name in STAGES
+        for cell in json.loads((run_dir / name).read_text())["cells"]
+        for output in cell.get("outputs", [])
+        if "application/vnd.plotly.v1+json" in output.get("data", {})
+    )
+    assert expected >= 5
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+        page.wait_for_function(
+            f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}",
+            timeout=60_000,
+        )
+        rendered = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+        browser.close()
+    assert rendered == expected
+    assert errors == []
