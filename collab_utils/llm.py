@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import random
 import time
@@ -93,8 +94,46 @@ class Backend:
     ) -> list[Entry]:
         raise NotImplementedError
 
+    def rate(self, conversations: list[list[dict]], *, scale: int = 9) -> list[float | None]:
+        """The model's expected rating as a digit 0..scale, mapped to [0, 1], per conversation.
+
+        A judge reads the probabilities of the digit tokens for its next token instead of
+        free text, so even a 135M model gives a usable, deterministic score. None where the
+        backend saw no digit among its most likely tokens. Cached like generations.
+        """
+        if not 1 <= scale <= 9:
+            raise ValueError(f"scale must be a single digit (1..9), got {scale}")
+        params = {"rate": scale}
+        keys = [request_key(self.fingerprint, c, params, 0) for c in conversations]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        todo = {k: i for i, k in enumerate(keys) if k not in found}
+        if todo:
+            probabilities = self._digit_probabilities([conversations[i] for i in todo.values()])
+            self.model_calls += 1
+            fresh = {
+                k: Entry(json.dumps(p), 0, 0) for k, p in zip(todo, probabilities, strict=True)
+            }
+            if self.cache is not None:
+                self.cache.put_many(fresh)
+            found = {**found, **fresh}
+        return [_expected_digit(json.loads(found[k].text), scale) for k in keys]
+
+    def _digit_probabilities(self, conversations) -> list[list[float] | None]:
+        raise NotImplementedError(f"{self.name} backend cannot rate")
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         raise NotImplementedError(f"{self.name} backend has no tokenizer")
+
+
+def _expected_digit(probabilities: list[float] | None, scale: int) -> float | None:
+    """Σ d·p(d) / Σ p(d) over d = 0..scale, divided by scale; None without probabilities."""
+    if not probabilities:
+        return None
+    weights = probabilities[: scale + 1]
+    total = sum(weights)
+    if total <= 0:
+        return None
+    return sum(d * w for d, w in enumerate(weights)) / total / scale
 
 
 def _generation(entry: Entry, cached: bool) -> Generation:
@@ -274,6 +313,34 @@ class HFBackend(Backend):
             new_ids.append(row[:end])
         return new_ids
 
+    def _digit_probabilities(self, conversations):
+        """p(next token = d) for d = 0..9 after the reply prefix "Score: ", in batches."""
+        import torch
+
+        digits = [self.tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
+        if any(len(ids) != 1 for ids in digits):
+            raise BackendError(f"{self.spec.model}: digits are not single tokens; cannot rate")
+        digit_ids = [ids[0] for ids in digits]
+        prefix = self.tokenizer("Score: ", add_special_tokens=False).input_ids
+        rows = [ids + prefix for ids in self.prompt_ids(conversations)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out: dict[int, list[float]] = {}
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.spec.batch_size):
+            batch = order[start : start + self.spec.batch_size]
+            width = max(len(rows[i]) for i in batch)
+            ids = [[pad] * (width - len(rows[i])) + rows[i] for i in batch]
+            mask = [[0] * (width - len(rows[i])) + [1] * len(rows[i]) for i in batch]
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=torch.tensor(ids, device=self.device),
+                    attention_mask=torch.tensor(mask, device=self.device),
+                    logits_to_keep=1,
+                ).logits[:, -1, :]
+            probs = logits.float().softmax(-1)[:, digit_ids].tolist()
+            out.update(zip(batch, probs))
+        return [out[i] for i in range(len(rows))]
+
     def _stop_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
         ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -298,6 +365,14 @@ class OpenAIBackend(Backend):
 
     def _generate(self, conversations, params, seeds, desc):
         return _run_coroutine(self._generate_all(conversations, params, seeds, desc))
+
+    def _digit_probabilities(self, conversations):
+        """One-token completions with top_logprobs (vLLM, llama.cpp and OpenAI support them)."""
+        params = {"max_new_tokens": 1, "temperature": 0.0, "top_p": 1.0, "top_logprobs": 20}
+        raw = _run_coroutine(
+            self._generate_all(conversations, params, [0] * len(conversations), None)
+        )
+        return [_digits_from_top_logprobs(json.loads(entry.text)) for entry in raw]
 
     async def _generate_all(self, conversations, params, seeds, desc):
         import httpx
@@ -328,6 +403,8 @@ class OpenAIBackend(Backend):
             "top_p": params["top_p"],
             "seed": seed,
         }
+        if "top_logprobs" in params:
+            body.update(logprobs=True, top_logprobs=params["top_logprobs"])
         last_error = ""
         for attempt in range(self.spec.max_retries + 1):
             if attempt:
@@ -346,6 +423,8 @@ class OpenAIBackend(Backend):
                     f"{self.url}: HTTP {response.status_code} (not retried): {response.text[:300]}"
                 )
             data = response.json()
+            if "top_logprobs" in params:
+                return Entry(json.dumps(data), 0, 0)
             usage = data.get("usage") or {}
             text = data["choices"][0]["message"].get("content") or ""
             return Entry(
@@ -355,6 +434,22 @@ class OpenAIBackend(Backend):
             f"{self.url}: gave up after {self.spec.max_retries + 1} attempts; last error: "
             f"{last_error}"
         )
+
+
+def _digits_from_top_logprobs(data: dict) -> list[float] | None:
+    """p(d) for d = 0..9 from a chat completion's first-token top_logprobs (0 when absent)."""
+    import math
+
+    try:
+        top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    probs = [0.0] * 10
+    for item in top:
+        token = item["token"].strip()
+        if len(token) == 1 and token.isdigit():
+            probs[int(token)] += math.exp(item["logprob"])
+    return probs if any(probs) else None
 
 
 def _run_coroutine(coroutine):

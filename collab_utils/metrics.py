@@ -186,7 +186,10 @@ class JudgeScore:
     raw: str
 
 
-JUDGE_SCALE = 10
+JUDGE_SCALE = 10  # free-text judges: "Score: N" with N in 0..10
+RATING_SCALE = 9  # judges that rate by digit probabilities (`backend.rate`): one token, 0..9
+_TEXT_INSTRUCTION = 'Give one sentence of reasoning, then end with a line of the form "Score: N".'
+_RATING_INSTRUCTION = "Reply with the score only: a single digit."
 
 _INTERACTIVITY_PROMPT = """You evaluate how interactive an AI assistant is in a conversation.
 The user's hidden goal (the assistant did not see it):
@@ -197,8 +200,7 @@ The conversation:
 
 An interactive assistant asks about details it needs, checks its understanding, and engages with
 the user's actual goal instead of guessing. Rate the assistant's interactivity from 0 (passive,
-ignores ambiguity) to {scale} (engages exactly when useful). Give one sentence of reasoning, then
-end with a line of the form "Score: N"."""
+ignores ambiguity) to {scale} (engages exactly when useful). {instruction}"""
 
 _HELPFULNESS_PROMPT = """You evaluate one AI assistant response on its own.
 The user's goal:
@@ -211,7 +213,7 @@ The assistant's response:
 {response}
 
 Rate how helpful this single response is for the user's goal, from 0 (useless) to {scale}
-(fully helpful). Give one sentence of reasoning, then end with a line of the form "Score: N"."""
+(fully helpful). {instruction}"""
 
 
 def _render(conversation: list[dict]) -> str:
@@ -252,11 +254,24 @@ def parse_score(text: str, scale: float = JUDGE_SCALE) -> float | None:
     return None
 
 
+def _rates(backend) -> bool:
+    """Whether `backend` can rate by digit probabilities (the hf and openai backends can)."""
+    return callable(getattr(backend, "rate", None))
+
+
 def _judge(backend, prompts: list[str], seeds, max_new_tokens: int) -> list[JudgeScore]:
+    """Score each prompt: by digit probabilities where the backend can, else by parsing text."""
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per item: {len(seeds)} seeds for {len(prompts)} items")
+    conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    if _rates(backend):
+        ratings = backend.rate(conversations, scale=RATING_SCALE)
+        return [
+            JudgeScore(r, r is not None, "" if r is None else f"expected rating {r:.3f}")
+            for r in ratings
+        ]
     replies = backend.chat(
-        [[{"role": "user", "content": prompt}] for prompt in prompts],
+        conversations,
         max_new_tokens=max_new_tokens,
         temperature=0.0,
         top_p=1.0,
@@ -269,6 +284,12 @@ def _judge(backend, prompts: list[str], seeds, max_new_tokens: int) -> list[Judg
     return scores
 
 
+def _instruction(backend) -> dict:
+    if _rates(backend):
+        return {"scale": RATING_SCALE, "instruction": _RATING_INSTRUCTION}
+    return {"scale": JUDGE_SCALE, "instruction": _TEXT_INSTRUCTION}
+
+
 def judge_interactivity(
     backend, conversations, goals, *, seeds, max_new_tokens: int = 256
 ) -> list[JudgeScore]:
@@ -276,7 +297,7 @@ def judge_interactivity(
     if len(conversations) != len(goals):
         raise ValueError("need one goal per conversation")
     prompts = [
-        _INTERACTIVITY_PROMPT.format(goal=goal, conversation=_render(conv), scale=JUDGE_SCALE)
+        _INTERACTIVITY_PROMPT.format(goal=goal, conversation=_render(conv), **_instruction(backend))
         for conv, goal in zip(conversations, goals, strict=True)
     ]
     return _judge(backend, prompts, seeds, max_new_tokens)
@@ -290,7 +311,7 @@ def judge_helpfulness(
         raise ValueError("need one context and one goal per response")
     prompts = [
         _HELPFULNESS_PROMPT.format(
-            goal=goal, conversation=_render(context), response=response, scale=JUDGE_SCALE
+            goal=goal, conversation=_render(context), response=response, **_instruction(backend)
         )
         for context, response, goal in zip(contexts, responses, goals, strict=True)
     ]

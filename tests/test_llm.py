@@ -122,3 +122,25 @@ def test_seeded_sampler_respects_top_p():
     sampler = llm.SeededSampler(list(range(200)), temperature=1.0, top_p=1.0, device="cpu")
     picks = sampler(None, torch.tensor([[0.0, 0.0, -1e9, -1e9]] * 200)).argmax(-1)
     assert set(picks.tolist()) == {0, 1}
+
+
+RATE = [{"role": "user", "content": "Rate the sky's blueness from 0 to 9. Reply with one digit."}]
+
+
+def test_expected_digit_is_the_probability_weighted_mean():
+    assert llm._expected_digit([0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 9) == pytest.approx(2 / 9)
+    assert llm._expected_digit([0.5, 0, 0, 0, 0, 0.5], 5) == pytest.approx(0.5)
+    assert llm._expected_digit([0.2] + [0.0] * 8 + [0.2], 9) == pytest.approx(0.5)
+    assert llm._expected_digit(None, 9) is None
+
+
+def test_rate_scores_in_unit_interval_deterministic_and_cached(embedded, cache):
+    backend = llm.load_backend(embedded.spec, cache)
+    first = backend.rate([RATE, ASK], scale=9)
+    assert all(0.0 <= r <= 1.0 for r in first)
+    calls = backend.model_calls
+    assert backend.rate([RATE, ASK], scale=9) == first
+    assert backend.model_calls == calls  # from the cache
+    assert embedded.rate([RATE], scale=9)[0] == pytest.approx(first[0], abs=1e-6)
+    with pytest.raises(ValueError, match="single digit"):
+        backend.rate([RATE], scale=10)

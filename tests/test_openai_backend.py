@@ -93,3 +93,11 @@ def test_unreachable_server_is_retried_then_named():
         backend.chat(
             [[{"role": "user", "content": "hi"}]], max_new_tokens=4, temperature=0.0, seed=0
         )
+
+
+def test_rate_reads_digit_logprobs_from_the_server(llama_server_url, cache):
+    backend = llm.load_backend(spec(llama_server_url), cache)
+    prompt = [{"role": "user", "content": "How blue is the sky from 0 to 9? Reply with one digit."}]
+    [rating] = backend.rate([prompt], scale=9)
+    assert rating is not None and 0.0 <= rating <= 1.0
+    assert backend.rate([prompt], scale=9) == [rating] and cache.hits == 1
