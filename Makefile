@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 endif
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench student clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -45,6 +45,9 @@ test: lint
 
 bench: setup
 	$(PY) -m collab_utils bench --out outputs/bench.json
+
+student: setup
+	$(PY) -m collab_utils.notebooks student notebooks outputs/student
 
 clean:
 	rm -rf outputs/*/ .pytest_cache .ruff_cache

@@ -31,7 +31,7 @@ class Prompted:
 
     def chat(self, conversations, **kwargs):
         if self.system_prompt:
-            conversations = [simulate._with_system(c, self.system_prompt) for c in conversations]
+            conversations = [simulate.with_system(c, self.system_prompt) for c in conversations]
         return self.backend.chat(conversations, **kwargs)
 
     def count_tokens(self, texts):

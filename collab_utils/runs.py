@@ -212,6 +212,6 @@ def sweep(sweep_file: str | Path) -> Path:
     sweep_dir = config.resolve_path(first.output_dir) / Path(sweep_file).stem
     runs = dict(zip(names, map(str, run_dirs)))
     write_json(sweep_dir / "sweep.json", {"sweep_file": str(sweep_file), "runs": runs})
-    report = config.project_root() / "notebooks" / "06_sweep_report.ipynb"
-    execute(report, sweep_dir / report.name, {"sweep_dir": str(sweep_dir)})
+    notebook = config.project_root() / "notebooks" / "06_sweep_report.ipynb"
+    execute(notebook, sweep_dir / notebook.name, {"sweep_dir": str(sweep_dir)})
     return sweep_dir

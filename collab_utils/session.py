@@ -64,15 +64,8 @@ def load_roles(params: Params, *, adapter: str | Path | None = None) -> Roles:
         spec = dataclasses.replace(spec, adapter=str(adapter))
     assistant = llm.load_backend(spec, cache)
     user_spec = params.models.user
-    if user_spec.backend == "agenda":
-        user = simulate.AgendaUser()
-    else:
-        user = simulate.LLMUser(
-            llm.load_backend(user_spec, cache),
-            max_new_tokens=params.generation.user_max_new_tokens,
-            temperature=params.generation.temperature,
-            top_p=params.generation.top_p,
-        )
+    backend = None if user_spec.backend == "agenda" else llm.load_backend(user_spec, cache)
+    user = simulate.make_user(params, backend)
     judge = llm.load_backend(params.models.judge, cache)
     return Roles(assistant, user, judge, cache)
 

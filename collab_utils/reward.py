@@ -1,0 +1,207 @@
+"""The multiturn-aware reward (MR) of candidate responses.
+
+For each simulated future f of a candidate (see `simulate.rollout`):
+
+    R*(f)  = R_ext(f) + R_int(f)
+    R_ext  = task success of the final answer in the window (code: pass rate; math: accuracy;
+             doc: BLEU against the reference; qa: clarified when ambiguous / answered when clear)
+    R_int  = -min(λ · tokens, 1) + μ · ITR
+    tokens = the assistant's tokens in the window (candidate included), its own tokenizer
+    ITR    = the judge's interactivity score of the conversation, in [0, 1]
+
+and MR(candidate) = the mean of R* over its S futures. Every term is a column of the future
+table, so `rescore(table, lam=..., mu=...)` recomputes R_int, R* and MR without any generation.
+
+Missing scores are never zeros. A judge reply without a score leaves `itr` NaN with
+`itr_parsed=False`, so that future's R* is NaN and MR averages the others (`n` counts them).
+With no judge at all (`judge=None`) the interactivity term is left out of R_int on purpose
+(`judged=False`; it equals μ = 0) and helpfulness is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, simulate
+from .seeds import derive_seed
+
+
+def task_success(task, window: list[dict]) -> float:
+    """R_ext of a future: how well the final answer in `window` does on the task."""
+    if task.kind == "qa":
+        return metrics.qa_correct(window[0]["content"], task)
+    answer = simulate.final_answer(task, window)
+    if answer is None:
+        return 0.0
+    if task.kind == "code":
+        return metrics.pass_rate(answer, task)
+    if task.kind == "math":
+        return metrics.accuracy(answer, task)
+    return metrics.bleu(answer, task.reference)
+
+
+def intrinsic_reward(tokens, itr, judged, lam: float, mu: float):
+    """R_int = -min(λ·tokens, 1) + μ·ITR; the ITR term is left out where no judge was used."""
+    tokens, itr, judged = np.asarray(tokens, float), np.asarray(itr, float), np.asarray(judged)
+    interactivity = np.where(judged, mu * itr, 0.0)
+    return -np.minimum(lam * tokens, 1.0) + interactivity
+
+
+def _judge_interactivity(judge, futures, contexts, seed, max_new_tokens):
+    """(itr, parsed, raw) per future, from one batched judge call (NaN where not scored)."""
+    if judge is None or not futures:
+        return [math.nan] * len(futures), [False] * len(futures), [""] * len(futures)
+    conversations = [[m for m in f.messages if m["role"] != "system"] for f in futures]
+    goals = [contexts[f.context].task.goal for f in futures]
+    seeds = [_seed(seed, contexts[f.context], f.candidate, f.sample, "itr") for f in futures]
+    scores = metrics.judge_interactivity(
+        judge, conversations, goals, seeds=seeds, max_new_tokens=max_new_tokens
+    )
+    return _unpack(scores)
+
+
+def _judge_helpfulness(judge, contexts, candidates, seed, max_new_tokens):
+    """{(context, candidate): (score, parsed)}: the judge on each candidate alone, one call."""
+    pairs = [(c, cand) for c, options in enumerate(candidates) for cand in options]
+    if judge is None:
+        return {(c, cand.index): (math.nan, False) for c, cand in pairs}
+    scores = metrics.judge_helpfulness(
+        judge,
+        [contexts[c].messages for c, _ in pairs],
+        [cand.text for _, cand in pairs],
+        [contexts[c].task.goal for c, _ in pairs],
+        seeds=[_seed(seed, contexts[c], cand.index, 0, "helpfulness") for c, cand in pairs],
+        max_new_tokens=max_new_tokens,
+    )
+    values, parsed, _raw = _unpack(scores)
+    return {(c, cand.index): (v, p) for (c, cand), v, p in zip(pairs, values, parsed)}
+
+
+def _unpack(scores):
+    values = [math.nan if s.score is None else s.score for s in scores]
+    return values, [s.parsed for s in scores], [s.raw for s in scores]
+
+
+def _seed(seed, context, candidate, sample, purpose) -> int:
+    return derive_seed(seed, context.task.id, context.turn, candidate, sample, purpose)
+
+
+def score_futures(
+    futures,
+    contexts,
+    candidates,
+    *,
+    judge,
+    seed: int,
+    lam: float,
+    mu: float,
+    judge_max_new_tokens: int = 48,
+) -> pd.DataFrame:
+    """The future table: one row per (context, candidate, sample), one column per term."""
+    itr, itr_parsed, itr_raw = _judge_interactivity(
+        judge, futures, contexts, seed, judge_max_new_tokens
+    )
+    helpfulness = _judge_helpfulness(judge, contexts, candidates, seed, judge_max_new_tokens)
+    by_index = [{cand.index: cand for cand in options} for options in candidates]
+    rows = []
+    for i, future in enumerate(futures):
+        context = contexts[future.context]
+        candidate = by_index[future.context][future.candidate]
+        help_score, help_parsed = helpfulness[(future.context, future.candidate)]
+        rows.append(
+            {
+                "context": future.context,
+                "task_id": context.task.id,
+                "kind": context.task.kind,
+                "turn": context.turn,
+                "candidate": future.candidate,
+                "candidate_kind": candidate.kind,
+                "sample": future.sample,
+                "response": candidate.text,
+                "stop_reason": future.stop_reason,
+                "rounds": future.rounds,
+                "r_ext": task_success(context.task, future.window),
+                "tokens": future.assistant_tokens,
+                "itr": itr[i],
+                "itr_parsed": itr_parsed[i],
+                "itr_raw": itr_raw[i],
+                "judged": judge is not None,
+                "helpfulness": help_score,
+                "helpfulness_parsed": help_parsed,
+                "role_slips": future.role_slips,
+                "retries": future.retries,
+                "repairs": future.repairs,
+                "seed": future.seed,
+                "error": future.error,
+                "messages": future.window,
+            }
+        )
+    return rescore(pd.DataFrame(rows), lam=lam, mu=mu)
+
+
+def rescore(table: pd.DataFrame, lam: float | None = None, mu: float | None = None):
+    """The table with R_int and R* recomputed for new λ and/or μ; no generation at all."""
+    table = table.copy()
+    if lam is not None:
+        table["lam"] = float(lam)
+    if mu is not None:
+        table["mu"] = float(mu)
+    table["r_int"] = intrinsic_reward(
+        table["tokens"], table["itr"], table["judged"], table["lam"], table["mu"]
+    )
+    table["r_star"] = table["r_ext"] + table["r_int"]
+    return table
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """The candidate table: MR (mean R* over futures), its std (ddof 0), n scored futures, the
+    mean of each term, and single-turn helpfulness beside MR."""
+    keys = ["context", "task_id", "turn", "candidate", "candidate_kind"]
+    grouped = table.groupby(keys, sort=True)
+    summary = grouped.agg(
+        mr=("r_star", "mean"),
+        mr_std=("r_star", lambda values: float(np.std(values.dropna()))),
+        n=("r_star", "count"),
+        r_ext=("r_ext", "mean"),
+        tokens=("tokens", "mean"),
+        itr=("itr", "mean"),
+        helpfulness=("helpfulness", "first"),
+        response=("response", "first"),
+        lam=("lam", "first"),
+        mu=("mu", "first"),
+    )
+    return summary.reset_index()
+
+
+def score_candidates(contexts, candidates, *, assistant, user, judge, params):
+    """Roll out, score and summarise: returns (future_table, candidate_table).
+
+    `params` is a `config.Params`: reward.n_samples / window / lam / mu, generation settings for
+    the assistant's turns and the judge, and `seed`.
+    """
+    futures = simulate.rollout(
+        contexts,
+        candidates,
+        assistant=assistant,
+        user=user,
+        n_samples=params.reward.n_samples,
+        window=params.reward.window,
+        seed=params.seed,
+        max_new_tokens=params.generation.max_new_tokens,
+        temperature=params.generation.temperature,
+        top_p=params.generation.top_p,
+    )
+    table = score_futures(
+        futures,
+        contexts,
+        candidates,
+        judge=judge,
+        seed=params.seed,
+        lam=params.reward.lam,
+        mu=params.reward.mu,
+        judge_max_new_tokens=params.generation.judge_max_new_tokens,
+    )
+    return table, summarize(table)
