@@ -155,6 +155,7 @@ def run(params_file: str | Path, overrides: list[str] | None = None) -> Path:
         execute(
             notebook, params.run_dir / notebook.name, {"params_file": resolved, "overrides": []}
         )
+    report.build(params.run_dir, [params.run_dir / n.name for n in notebooks])
     return params.run_dir
 
 
