@@ -236,6 +236,9 @@ class HFBackend(Backend):
             model = PeftModel.from_pretrained(model, spec.adapter)
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        # Numerics change the samples: the weights' dtype and quantization are part of the key.
+        precision = "nf4" if spec.load_in_4bit else str(kwargs["dtype"]).removeprefix("torch.")
+        self.fingerprint += f":{precision}"
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]

@@ -60,8 +60,8 @@ def load_roles(params: Params, *, adapter: str | Path | None = None) -> Roles:
     """Backends for the run's roles; `adapter` replaces the assistant's LoRA adapter."""
     cache = GenerationCache(params.cache_file)
     spec = params.models.assistant
-    if adapter is not None:
-        spec = dataclasses.replace(spec, adapter=str(adapter))
+    if adapter is not None:  # a trained adapter runs locally, also when the base is served
+        spec = dataclasses.replace(spec, backend="hf", base_url=None, adapter=str(adapter))
     assistant = llm.load_backend(spec, cache)
     user_spec = params.models.user
     backend = None if user_spec.backend == "agenda" else llm.load_backend(user_spec, cache)

@@ -144,3 +144,8 @@ def test_rate_scores_in_unit_interval_deterministic_and_cached(embedded, cache):
     assert embedded.rate([RATE], scale=9)[0] == pytest.approx(first[0], abs=1e-6)
     with pytest.raises(ValueError, match="single digit"):
         backend.rate([RATE], scale=10)
+
+
+def test_precision_is_part_of_the_cache_key(embedded):
+    bf16 = llm.load_backend({"model": "embedded", "dtype": "bfloat16"}, None)
+    assert embedded.fingerprint.endswith(":float32") and bf16.fingerprint.endswith(":bfloat16")
