@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import llm, serve
+from . import config, datagen, llm, serve, session, simulate
 from .cache import GenerationCache
 from .config import ModelSpec
 from .io import write_json
@@ -80,6 +80,27 @@ def cache_hit_latency(backend: llm.Backend, n: int = 64) -> dict:
     return {"requests": n, "seconds_per_hit": seconds / n}
 
 
+def sweep_rollout_reuse(lams=(5e-4, 1e-3, 2e-3), base: str = "params/smoke.yaml") -> dict:
+    """Multi-turn data generation for a λ sweep on one cold cache, the path pinned to the first
+    λ: the generations each run sent to a model. Runs after the first should need none."""
+    with tempfile.TemporaryDirectory(prefix="collab-sweep-") as folder:
+        shared = [f"output_dir={folder}", f"cache_path={folder}/cache.sqlite"]
+        shared.append(f"pairs.path_lam={lams[0]}")
+        counts, started = [], time.perf_counter()
+        for i, lam in enumerate(lams):
+            params = config.load(base, [*shared, f"reward.lam={lam}", f"run_name=lam{i}"])
+            roles = session.load_roles(params)
+            train_tasks, _ = session.task_splits(params)
+            datagen.generate(train_tasks, roles, params, params.run_dir / "datagen", progress=False)
+            counts.append(sum(roles.generated().values()))
+    return {
+        "lams": list(lams),
+        "generations_per_run": counts,
+        "sweep_extra_rollout_generations": sum(counts[1:]),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
 def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dict:
     """Measure everything, print a summary and write JSON to `out`."""
     results: dict = {"environment": environment(), "sampling": SAMPLING}
@@ -93,6 +114,11 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     if with_server:
         results["openai_llama_cpp"] = openai_tokens_per_second()
     results["cache_hit"] = cache_hit_latency(hf)
+    results["rollouts"] = simulate.bench_rollouts()
+    results["lockstep_speedup"] = results["rollouts"]["lockstep_speedup"]
+    results["engine_vs_raw_generate"] = results["rollouts"]["engine_vs_raw_generate"]
+    results["sweep"] = sweep_rollout_reuse()
+    results["sweep_extra_rollout_generations"] = results["sweep"]["sweep_extra_rollout_generations"]
     summary = {k: v for k, v in results.items() if k != "environment"}
     print(json.dumps(summary, indent=2, default=float))
     if out:

@@ -110,6 +110,7 @@ class Backend:
         if todo:
             probabilities = self._digit_probabilities([conversations[i] for i in todo.values()])
             self.model_calls += 1
+            self.generated += len(todo)
             fresh = {
                 k: Entry(json.dumps(p), 0, 0) for k, p in zip(todo, probabilities, strict=True)
             }
