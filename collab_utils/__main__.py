@@ -1,4 +1,4 @@
-"""Command line: `python -m collab_utils {run,bench,provision} ...`."""
+"""Command line: `python -m collab_utils {run,sweep,bench,provision} ...`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         help="override a parameter (repeatable)",
     )
 
+    sweep = commands.add_parser("sweep", help="one run per value of a sweep file, then a report")
+    sweep.add_argument("sweep_file", help="e.g. params/sweeps/lambda.yaml")
+
     bench = commands.add_parser("bench", help="measure speed ratios, print and write JSON")
     bench.add_argument("--out", default="outputs/bench.json", help="where to write the JSON")
     bench.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             print(f"run folder: {runs.run(args.params, args.overrides)}")
+        elif args.command == "sweep":
+            print(f"sweep folder: {runs.sweep(args.sweep_file)}")
         elif args.command == "bench":
             from .bench import run_bench
 

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from collab_utils import config, runs
@@ -30,3 +31,24 @@ def test_cli_reports_a_bad_params_file_by_name(tmp_path):
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr and "'reward.windo'" in result.stderr
     assert "did you mean 'reward.window'" in result.stderr
+
+
+def test_sweep_file_is_validated_before_any_run(tmp_path):
+    base = config.project_root() / "params" / "smoke.yaml"
+    bad_value = tmp_path / "bad.yaml"
+    bad_value.write_text(f"base: {base}\nvary:\n  reward.window: [1, -1]\n")
+    with pytest.raises(config.ParamsError, match=r"bad.yaml: run bad_window-1: .*'reward.window'"):
+        runs.load_sweep(bad_value)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(f"base: {base}\nvary:\n  reward.lamda: [1]\n")
+    with pytest.raises(config.ParamsError, match="did you mean 'reward.lam'"):
+        runs.load_sweep(unknown)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"base: {base}\nvaries: {{}}\n")
+    with pytest.raises(config.ParamsError, match="unknown sweep keys"):
+        runs.load_sweep(typo)
+    good = tmp_path / "lam.yaml"
+    good.write_text(f"base: {base}\nset: [seed=3]\nvary:\n  reward.lam: [1.0e-4, 1.0e-3]\n")
+    _, overrides, names = runs.load_sweep(good)
+    assert names == ["lam_lam0.0001", "lam_lam0.001"]
+    assert overrides[1] == ["seed=3", "reward.lam=0.001", "run_name=lam_lam0.001"]
