@@ -2,7 +2,8 @@
 
 `setup()` picks a renderer that shows figures natively in JupyterLab and also leaves an HTML
 copy with plotly.js inside, so an executed notebook converted to HTML stays interactive offline.
-`save(fig, run_dir, name)` writes figures/<name>.html, and a PNG when a browser is present.
+`save(fig, run_dir, name)` writes figures/<name>.html (plotly.min.js beside it, no network
+needed), and a PNG when a browser is present.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def save(fig, run_dir: str | Path, name: str) -> dict[str, Path]:
     written = {
         "html": atomic_write(
             folder / f"{name}.html",
-            lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True),
+            # plotly.min.js once per folder, beside the figures: offline and small
+            lambda tmp: fig.write_html(tmp, include_plotlyjs="directory", full_html=True),
         )
     }
     if browser() is None:
