@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,3 +41,41 @@ def write_json(path: str | Path, data) -> Path:
 
 def write_parquet(path: str | Path, frame) -> Path:
     return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def write_folder(target: str | Path, write: Callable[[Path], None], *, replace: bool) -> Path:
+    """Fill a staging folder with `write(folder)`, then rename it to `target`.
+
+    An existing `target` is swapped out when `replace`, else kept (another process finished
+    first). A failed or killed write never leaves a half-written `target`.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        write(staging)
+        if not target.exists():
+            staging.rename(target)
+        elif replace:
+            retired = target.with_name(f".{target.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired)
+        else:
+            shutil.rmtree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def save_pretrained(target: str | Path, *parts, replace: bool) -> Path:
+    """`part.save_pretrained(folder)` for each part (model, tokenizer), as one atomic folder."""
+
+    def save(folder: Path) -> None:
+        for part in parts:
+            part.save_pretrained(folder)
+
+    return write_folder(target, save, replace=replace)

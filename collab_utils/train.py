@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import pandas as pd
 
 from . import models
 from .config import TrainParams
-from .io import write_json, write_text
+from .io import save_pretrained, write_json, write_text
 
 CPU_NOTE = "no CUDA: plain LoRA on CPU in float32, QLoRA needs a GPU"
 # Bytes a base-model parameter takes while training: float32 on CPU, bf16 on CUDA, NF4 in QLoRA.
@@ -337,24 +335,7 @@ def _load_policy(path, plan: _Plan, train_params: TrainParams):
 
 def _save_adapter(model, tokenizer, target: Path) -> Path:
     """Save adapter and tokenizer beside `target`, then swap it in (never half-written)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            retired = target.with_name(f".{target.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            target.rename(retired)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return save_pretrained(target, model, tokenizer, replace=True)
 
 
 def dpo_loss_on(
