@@ -1,14 +1,20 @@
 """`report.html`: a run's executed notebooks as one HTML page, plotly figures interactive.
 
 The executed notebooks are concatenated (a heading per stage) and exported once with
-nbconvert; plotly outputs carry their own plotly.js, so the page works offline.
+nbconvert; plotly outputs carry their own plotly.js, so the page works offline. The page loads
+nothing from the network: require.js and the widget manager are not needed, and the MathJax
+scripts (nbconvert's and plotly's, from a CDN) are left out, so equations show as LaTeX source.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .io import write_text
+
+NO_SCRIPT = "data:text/javascript,"
+REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>')
 
 
 def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
@@ -27,6 +33,7 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
         merged.metadata = merged.metadata or notebook.metadata
         merged.cells.append(nbformat.v4.new_markdown_cell(f"# Stage: {Path(path).stem}"))
         merged.cells.extend(notebook.cells)
-    exporter = HTMLExporter(template_name="lab")
+    merged.metadata.pop("widgets", None)  # progress bars: text is enough, no widget manager
+    exporter = HTMLExporter(template_name="lab", require_js_url=NO_SCRIPT, mathjax_url=NO_SCRIPT)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": run_dir.name}})
-    return write_text(run_dir / "report.html", body)
+    return write_text(run_dir / "report.html", REMOTE_SCRIPT.sub("", body))

@@ -127,6 +127,7 @@ def execute(notebook: Path, executed: Path, parameters: dict) -> Path:
     """Run one notebook headless with papermill; a failure names the notebook and the cell."""
     import papermill
 
+    executed.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(
             str(notebook),
