@@ -8,6 +8,8 @@ For every task the user opens. At each turn, for all live conversations at once:
 
 Each turn's future table is stored (`datagen/turn_<t>.parquet`) before the next turn starts,
 so a killed run resumes from the stored turns, and every generation is in the cache anyway.
+`datagen/inputs.sha256` records the tasks and parameters the turns were made with; a run with
+other ones discards them and rebuilds them (from the cache wherever the requests are the same).
 The path follows MR at `pairs.path_lam` (default: `reward.lam`); a λ sweep that pins it
 re-scores the same futures instead of generating new ones.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import reward, simulate
+from . import reward, session, simulate
 from .config import Params
 from .io import write_parquet
 
@@ -110,9 +112,33 @@ def _plain(message) -> dict:
     return {"role": str(message["role"]), "content": str(message["content"])}
 
 
+def generation_inputs(tasks, params: Params) -> list:
+    """What the stored turns depend on: the tasks and every parameter that changes a turn."""
+    values = params.to_dict()
+    pairs = values["pairs"]
+    return [
+        [task.id for task in tasks],
+        {key: values[key] for key in ("seed", "models", "tasks", "generation", "reward")},
+        {"max_turns": pairs["max_turns"], "path_lam": pairs["path_lam"]},
+    ]
+
+
+def _discard_stale_turns(store: Path, inputs: list) -> None:
+    marker = store / "inputs.sha256"
+    if session.up_to_date(marker, *inputs):
+        return
+    stale = sorted(store.glob("turn_*.parquet"))
+    if stale:
+        print(f"{store}: {len(stale)} stored turns were made with other tasks or parameters")
+    for path in stale:
+        path.unlink()
+    session.mark_done(marker, *inputs)
+
+
 def generate(tasks, roles, params: Params, store: str | Path, *, progress: bool = True):
     """Run (or resume) multi-turn data generation for `tasks`; see the module docstring."""
     store = Path(store)
+    _discard_stale_turns(store, generation_inputs(tasks, params))
     lam = params.pairs.path_lam if params.pairs.path_lam is not None else params.reward.lam
     contexts = [simulate.Context.opening(task) for task in tasks]
     paths = {task.id: [] for task in tasks}

@@ -1,7 +1,8 @@
 """`report.html`: a run's executed notebooks as one HTML page, plotly figures interactive.
 
 The executed notebooks are concatenated (a heading per stage) and exported once with
-nbconvert; plotly outputs carry their own plotly.js, so the page works offline. The page loads
+nbconvert. Each notebook carries its own copy of plotly.js (about 4.8 MB); the page keeps the
+first and drops the others, so it works offline at the size of one copy. The page loads
 nothing from the network: require.js and the widget manager are not needed, and the MathJax
 scripts (nbconvert's and plotly's, from a CDN) are left out, so equations show as LaTeX source.
 """
@@ -15,6 +16,30 @@ from .io import write_text
 
 NO_SCRIPT = "data:text/javascript,"
 REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>')
+PLOTLY_BUNDLE = "* plotly.js v"  # the banner of the library that the notebook renderer inlines
+
+
+def _is_plotly_bundle(output) -> bool:
+    html = output.get("data", {}).get("text/html", "")
+    return PLOTLY_BUNDLE in ("".join(html) if isinstance(html, list) else html)
+
+
+def drop_repeated_plotly_bundles(cells) -> int:
+    """Remove every inlined plotly.js but the first (it precedes all figures); returns how many."""
+    seen, dropped = False, 0
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            if _is_plotly_bundle(output):
+                if seen:
+                    dropped += 1
+                    continue
+                seen = True
+            kept.append(output)
+        cell["outputs"] = kept
+    return dropped
 
 
 def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
@@ -33,6 +58,7 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
         merged.metadata = merged.metadata or notebook.metadata
         merged.cells.append(nbformat.v4.new_markdown_cell(f"# Stage: {Path(path).stem}"))
         merged.cells.extend(notebook.cells)
+    drop_repeated_plotly_bundles(merged.cells)
     merged.metadata.pop("widgets", None)  # progress bars: text is enough, no widget manager
     exporter = HTMLExporter(template_name="lab", require_js_url=NO_SCRIPT, mathjax_url=NO_SCRIPT)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": run_dir.name}})

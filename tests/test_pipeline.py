@@ -120,6 +120,20 @@ def test_lambda_sweep_reuses_every_rollout(smoke_run, tmp_path):
     assert (sweep_dir / "06_sweep_report.ipynb").is_file()
 
 
+def test_report_inlines_plotly_js_once(smoke_run):
+    from collab_utils import report
+
+    run_dir, _ = smoke_run
+    bundles = sum(
+        report.PLOTLY_BUNDLE in "".join(output.get("data", {}).get("text/html", ""))
+        for name in STAGES
+        for cell in json.loads((run_dir / name).read_text())["cells"]
+        for output in cell.get("outputs", [])
+    )
+    assert bundles >= 2  # each executed notebook with a figure carries its own copy
+    assert (run_dir / "report.html").read_text().count(report.PLOTLY_BUNDLE) == 1
+
+
 def test_report_renders_every_figure_in_headless_chromium(smoke_run):
     chromium = shutil.which("chromium")
     if chromium is None:
