@@ -80,10 +80,12 @@ class TaskParams:
     format: str | None = None
     limit: int | None = None
     holdout_fraction: float = 0.25
+    accept_bleu: float = 0.3  # the agenda user accepts a document at this BLEU to the reference
 
     def check(self, key: str) -> None:
         _require(self.limit is None or self.limit >= 1, f"{key}.limit", "must be >= 1 or null")
         _require(0 <= self.holdout_fraction < 1, f"{key}.holdout_fraction", "must be in [0, 1)")
+        _require(0 <= self.accept_bleu <= 1, f"{key}.accept_bleu", "must be in [0, 1]")
 
 
 @dataclass
@@ -111,6 +113,7 @@ class RewardParams:
     lam: float = 5e-4
     mu: float = 1.0
     proactive_fraction: float = 0.5
+    token_budget: int | None = None  # a future stops once its assistant tokens reach this
 
     def check(self, key: str) -> None:
         _require(self.n_candidates >= 1, f"{key}.n_candidates", "must be >= 1")
@@ -118,6 +121,11 @@ class RewardParams:
         _require(self.window >= 0, f"{key}.window", "must be >= 0")
         _require(self.lam >= 0, f"{key}.lam", "must be >= 0")
         _require(0 <= self.proactive_fraction <= 1, f"{key}.proactive_fraction", "in [0, 1]")
+        _require(
+            self.token_budget is None or self.token_budget >= 1,
+            f"{key}.token_budget",
+            "must be >= 1 or null",
+        )
 
 
 @dataclass

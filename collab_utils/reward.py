@@ -179,8 +179,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 def score_candidates(contexts, candidates, *, assistant, user, judge, params):
     """Roll out, score and summarise: returns (future_table, candidate_table).
 
-    `params` is a `config.Params`: reward.n_samples / window / lam / mu, generation settings for
-    the assistant's turns and the judge, and `seed`.
+    `params` is a `config.Params`: reward.n_samples / window / lam / mu / token_budget,
+    generation settings for the assistant's turns and the judge, and `seed`.
     """
     futures = simulate.rollout(
         contexts,
@@ -193,6 +193,7 @@ def score_candidates(contexts, candidates, *, assistant, user, judge, params):
         max_new_tokens=params.generation.max_new_tokens,
         temperature=params.generation.temperature,
         top_p=params.generation.top_p,
+        token_budget=params.reward.token_budget,
     )
     table = score_futures(
         futures,

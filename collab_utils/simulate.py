@@ -308,7 +308,13 @@ class LLMUser:
     name = "llm"
 
     def __init__(
-        self, backend, *, max_new_tokens: int = 96, temperature: float = 0.8, top_p: float = 1.0
+        self,
+        backend,
+        *,
+        max_new_tokens: int = 96,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        bleu_threshold: float = 0.3,
     ):
         self.backend = backend
         self.sampling = {
@@ -316,7 +322,7 @@ class LLMUser:
             "temperature": temperature,
             "top_p": top_p,
         }
-        self.fallback = AgendaUser()
+        self.fallback = AgendaUser(bleu_threshold)
 
     def respond(self, items: list[tuple[Task, list[dict], int]]) -> list[UserTurn]:
         views = [(task, _user_view(history), seed) for task, history, seed in items]
@@ -354,7 +360,7 @@ def make_user(params, backend=None):
     """The simulator `params.models.user` names: `AgendaUser` for backend 'agenda', else an
     `LLMUser` on `backend` (the loaded user-role model) with the params' user sampling."""
     if params.models.user.backend == "agenda":
-        return AgendaUser()
+        return AgendaUser(params.tasks.accept_bleu)
     if backend is None:
         raise ValueError("an LLM user simulator needs its loaded backend")
     return LLMUser(
@@ -362,6 +368,7 @@ def make_user(params, backend=None):
         max_new_tokens=params.generation.user_max_new_tokens,
         temperature=params.generation.temperature,
         top_p=params.generation.top_p,
+        bleu_threshold=params.tasks.accept_bleu,
     )
 
 
@@ -638,33 +645,40 @@ class _RecordingBackend:
 
     def chat(self, conversations, **kwargs):
         generations = self.backend.chat(conversations, **kwargs)
-        self.calls.append((conversations, kwargs, generations))
+        # copies: the engine appends the next turns to these very lists
+        self.calls.append(([list(c) for c in conversations], kwargs, generations))
         return generations
 
     def count_tokens(self, texts):
         return self.backend.count_tokens(texts)
 
 
-def _raw_generate_seconds(backend, calls) -> tuple[float, int]:
-    """Time `backend.generate_ids` alone on the batches the engine sent to the model."""
-    seconds, tokens = 0.0, 0
+def _raw_generate_seconds(backend, calls) -> tuple[float, int, int]:
+    """Time `backend.generate_ids` alone on the batches the engine sent to the model.
+
+    Returns the seconds, the tokens and how many replies differ from the engine's (0 when the
+    replay re-sends exactly the engine's requests).
+    """
+    seconds, tokens, differ = 0.0, 0, 0
     for conversations, kwargs, generations in calls:
-        fresh = [c for c, g in zip(conversations, generations) if not g.cached]
-        seeds = [s for s, g in zip(kwargs["seed"], generations) if not g.cached]
+        fresh = [(c, s, g) for c, s, g in zip(conversations, kwargs["seed"], generations)]
+        fresh = [item for item in fresh if not item[2].cached]
         if not fresh:
             continue
         params = {k: kwargs.get(k, 1.0) for k in ("max_new_tokens", "temperature", "top_p")}
-        prompts = backend.prompt_ids(fresh)
+        prompts = backend.prompt_ids([c for c, _, _ in fresh])
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         size = backend.spec.batch_size
         for batch in (order[i : i + size] for i in range(0, len(order), size)):
             started = time.perf_counter()
             ids = backend.generate_ids(
-                [prompts[i] for i in batch], params, [seeds[i] for i in batch]
+                [prompts[i] for i in batch], params, [fresh[i][1] for i in batch]
             )
             seconds += time.perf_counter() - started
             tokens += sum(len(row) for row in ids)
-    return seconds, tokens
+            texts = backend.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            differ += sum(t.strip() != fresh[i][2].text for t, i in zip(texts, batch))
+    return seconds, tokens, differ
 
 
 def bench_rollouts(
@@ -715,7 +729,7 @@ def bench_rollouts(
         rollout_one_at_a_time(contexts, candidates, **single_settings)
         single_s = time.perf_counter() - started
 
-        raw_s, raw_tokens = _raw_generate_seconds(lockstep.backend, lockstep.calls)
+        raw_s, raw_tokens, raw_differ = _raw_generate_seconds(lockstep.backend, lockstep.calls)
     engine_tokens = sum(
         g.completion_tokens for _, _, gens in lockstep.calls for g in gens if not g.cached
     )
@@ -727,6 +741,7 @@ def bench_rollouts(
         "raw_generate_s": raw_s,
         "engine_tokens": engine_tokens,
         "raw_tokens": raw_tokens,
+        "raw_replies_differing": raw_differ,  # 0: the replay re-sent the engine's requests
         "lockstep_model_calls": lockstep_calls,
         "one_at_a_time_model_calls": single.backend.model_calls,
         "futures": n_contexts * n_candidates * n_samples,

@@ -41,6 +41,8 @@ def test_overrides_parse_yaml_scalars(tmp_path):
         ("reward:\n  window: two\n", "reward.window", "expected int, got str"),
         ("reward:\n  n_samples: 1.5\n", "reward.n_samples", "expected int"),
         ("reward:\n  window: -1\n", "reward.window", "must be >= 0"),
+        ("reward:\n  token_budget: 0\n", "reward.token_budget", "must be >= 1 or null"),
+        ("tasks:\n  accept_bleu: 2\n", "tasks.accept_bleu", "must be in [0, 1]"),
         ("generation:\n  top_p: 1.5\n", "generation.top_p", "(0, 1]"),
         ("models:\n  user: {backend: gpt}\n", "models.user.backend", "must be one of"),
         ("models:\n  judge: {backend: agenda}\n", "models.judge.backend", "user role only"),

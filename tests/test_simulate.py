@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collab_utils import chatview, llm, simulate, tasks
+from collab_utils import chatview, config, llm, simulate, tasks
 from collab_utils.llm import Generation
 from collab_utils.seeds import derive_seed
 
@@ -197,6 +197,33 @@ def test_window_zero_scores_the_candidate_alone():
     assert all(len(f.window) == 1 and f.stop_reason == "window" for f in futures)
 
 
+def test_token_budget_stops_a_future_once_its_assistant_tokens_reach_it():
+    contexts, candidates = _setup()
+    long_reply = "word " * 30  # 30 tokens for ScriptedBackend.count_tokens; one per request
+    settings = dict(user=simulate.AgendaUser(), n_samples=1, window=2, seed=0, progress=False)
+    sampling = dict(max_new_tokens=8, temperature=0.8)
+
+    unlimited = ScriptedBackend([long_reply] * 8)
+    futures = simulate.rollout(contexts, candidates, assistant=unlimited, **settings, **sampling)
+    assert unlimited.model_calls == 2 and all(f.stop_reason == "window" for f in futures)
+
+    limited = ScriptedBackend([long_reply] * 8)
+    futures = simulate.rollout(
+        contexts, candidates, assistant=limited, token_budget=20, **settings, **sampling
+    )
+    assert limited.model_calls == 1  # every future was over budget after round 1
+    assert all(f.stop_reason == "max_tokens" and f.rounds == 1 for f in futures)
+
+
+def test_make_user_takes_the_acceptance_bleu_from_the_params():
+    params = config.load("params/smoke.yaml", ["tasks.accept_bleu=0.9"])
+    assert simulate.make_user(params).bleu_threshold == 0.9
+    llm_params = config.load(
+        "params/smoke.yaml", ["tasks.accept_bleu=0.9", "models.user.backend=hf"]
+    )
+    assert simulate.make_user(llm_params, ScriptedBackend([])).fallback.bleu_threshold == 0.9
+
+
 def test_lockstep_and_one_at_a_time_give_identical_futures():
     """float32: CPU matmuls in bf16 depend on the batch shape, float32 ones do not here."""
     backend = llm.load_backend({"model": "embedded", "dtype": "float32"}, None)
@@ -221,6 +248,17 @@ def test_lockstep_and_one_at_a_time_give_identical_futures():
     ]
     assert lockstep_calls <= 2  # one assistant call per round
     assert single_calls >= 4 * lockstep_calls
+
+
+def test_bench_replays_the_engine_requests_exactly():
+    """The raw-generate baseline re-sends the engine's requests as they were when sent."""
+    result = simulate.bench_rollouts(
+        n_contexts=1, n_candidates=2, n_samples=2, window=2, max_new_tokens=16
+    )
+    assert result["raw_replies_differing"] == 0
+    assert result["raw_tokens"] == result["engine_tokens"]
+    assert result["lockstep_model_calls"] == 2
+    assert result["one_at_a_time_model_calls"] >= 2 * result["lockstep_model_calls"]
 
 
 def test_chatview_renders_roles_goal_and_escapes():
