@@ -24,9 +24,9 @@ def _is_plotly_bundle(output) -> bool:
     return PLOTLY_BUNDLE in ("".join(html) if isinstance(html, list) else html)
 
 
-def drop_repeated_plotly_bundles(cells) -> int:
-    """Remove every inlined plotly.js but the first (it precedes all figures); returns how many."""
-    seen, dropped = False, 0
+def drop_repeated_plotly_bundles(cells) -> None:
+    """Remove every inlined plotly.js but the first, which precedes all the figures."""
+    seen = False
     for cell in cells:
         if cell.get("cell_type") != "code":
             continue
@@ -34,12 +34,10 @@ def drop_repeated_plotly_bundles(cells) -> int:
         for output in cell.get("outputs", []):
             if _is_plotly_bundle(output):
                 if seen:
-                    dropped += 1
                     continue
                 seen = True
             kept.append(output)
         cell["outputs"] = kept
-    return dropped
 
 
 def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:

@@ -661,8 +661,8 @@ def _raw_generate_seconds(backend, calls) -> tuple[float, int, int]:
     """
     seconds, tokens, differ = 0.0, 0, 0
     for conversations, kwargs, generations in calls:
-        fresh = [(c, s, g) for c, s, g in zip(conversations, kwargs["seed"], generations)]
-        fresh = [item for item in fresh if not item[2].cached]
+        requests = zip(conversations, kwargs["seed"], generations)
+        fresh = [(c, s, g) for c, s, g in requests if not g.cached]
         if not fresh:
             continue
         params = {k: kwargs.get(k, 1.0) for k in ("max_new_tokens", "temperature", "top_p")}
