@@ -19,7 +19,8 @@ REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script
 PLOTLY_BUNDLE = "* plotly.js v"  # the banner of the library that the notebook renderer inlines
 
 
-def _is_plotly_bundle(output) -> bool:
+def is_plotly_bundle(output) -> bool:
+    """Whether a notebook output is the inlined plotly.js library."""
     html = output.get("data", {}).get("text/html", "")
     return PLOTLY_BUNDLE in ("".join(html) if isinstance(html, list) else html)
 
@@ -32,7 +33,7 @@ def drop_repeated_plotly_bundles(cells) -> None:
             continue
         kept = []
         for output in cell.get("outputs", []):
-            if _is_plotly_bundle(output):
+            if is_plotly_bundle(output):
                 if seen:
                     continue
                 seen = True

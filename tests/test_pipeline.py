@@ -125,7 +125,7 @@ def test_report_inlines_plotly_js_once(smoke_run):
 
     run_dir, _ = smoke_run
     bundles = sum(
-        report.PLOTLY_BUNDLE in "".join(output.get("data", {}).get("text/html", ""))
+        report.is_plotly_bundle(output)
         for name in STAGES
         for cell in json.loads((run_dir / name).read_text())["cells"]
         for output in cell.get("outputs", [])
