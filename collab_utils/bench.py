@@ -11,9 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import config, datagen, llm, serve, session, simulate
+from tqdm.auto import tqdm
+
+from . import config, datagen, llm, serve, session, simulate, tasks, users
 from .cache import GenerationCache
-from .config import ModelSpec
+from .config import ModelSpec, Sampling
 from .io import write_json
 from .runs import environment
 
@@ -101,6 +103,155 @@ def sweep_rollout_reuse(lams=(5e-4, 1e-3, 2e-3), base: str = "params/smoke.yaml"
     }
 
 
+# ------------------------------------------------------------------ rollouts
+
+
+def rollout_one_at_a_time(
+    contexts: list[simulate.Context],
+    candidates: list[list[simulate.Candidate]],
+    *,
+    assistant,
+    user,
+    n_samples: int,
+    window: int,
+    seed: int,
+    sampling: Sampling,
+    token_budget: int | None = None,
+    progress: bool = False,
+) -> list[simulate.Future]:
+    """The same futures as `rollout` (same seeds), generated one future at a time.
+
+    The baseline of `bench_rollouts`, and the test that both paths agree.
+    """
+    futures = simulate.new_futures(contexts, candidates, n_samples, window, seed, assistant)
+    with tqdm(total=len(futures) * window, desc="one at a time", disable=not progress) as bar:
+        for future in futures:
+            simulate.advance(
+                [future],
+                contexts,
+                assistant=assistant,
+                user=user,
+                window=window,
+                seed=seed,
+                sampling=sampling,
+                token_budget=token_budget,
+                bar=bar,
+            )
+    return futures
+
+
+class _RecordingBackend:
+    """Passes `chat` through to a backend and keeps every request with its generations."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def chat(self, conversations, **kwargs):
+        generations = self.backend.chat(conversations, **kwargs)
+        # copies: the engine appends the next turns to these very lists
+        self.calls.append(([list(c) for c in conversations], kwargs, generations))
+        return generations
+
+    def count_tokens(self, texts):
+        return self.backend.count_tokens(texts)
+
+
+def _raw_generate_seconds(backend, calls) -> tuple[float, int, int]:
+    """Time `backend.generate_ids` alone on the batches the engine sent to the model.
+
+    Returns the seconds, the tokens and how many replies differ from the engine's (0 when the
+    replay re-sends exactly the engine's requests).
+    """
+    seconds, tokens, differ = 0.0, 0, 0
+    for conversations, kwargs, generations in calls:
+        requests = zip(conversations, kwargs["seed"], generations)
+        fresh = [(c, s, g) for c, s, g in requests if not g.cached]
+        if not fresh:
+            continue
+        params = {k: kwargs.get(k, 1.0) for k in ("max_new_tokens", "temperature", "top_p")}
+        prompts = backend.prompt_ids([c for c, _, _ in fresh])
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        size = backend.spec.batch_size
+        for batch in (order[i : i + size] for i in range(0, len(order), size)):
+            started = time.perf_counter()
+            ids = backend.generate_ids(
+                [prompts[i] for i in batch], params, [fresh[i][1] for i in batch]
+            )
+            seconds += time.perf_counter() - started
+            tokens += sum(len(row) for row in ids)
+            texts = backend.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            differ += sum(t.strip() != fresh[i][2].text for t, i in zip(texts, batch))
+    return seconds, tokens, differ
+
+
+def bench_rollouts(
+    params=None,
+    *,
+    n_contexts: int = 4,
+    n_candidates: int = 4,
+    n_samples: int = 3,
+    window: int = 2,
+    max_new_tokens: int = 64,
+    user: str = "agenda",
+) -> dict:
+    """Lock-step vs one-at-a-time futures, and the engine vs raw batched `generate`.
+
+    Runs on `params.models.assistant` (default: the embedded hf model), each path with a cold
+    cache in a temp folder, on the openings of `builtin:code`. `user` is 'agenda' (only the
+    assistant is a model) or 'llm' (the same model plays both roles). Returns the two ratios
+    and the seconds, token and call counts they come from.
+    """
+    spec = params.models.assistant if params is not None else ModelSpec()
+    seed = params.seed if params is not None else 0
+    sampling = Sampling(max_new_tokens, temperature=0.8)
+    contexts = [simulate.Context.opening(t) for t in tasks.load("builtin:code")[:n_contexts]]
+    with tempfile.TemporaryDirectory(prefix="collab-bench-") as folder:
+
+        def engine(cache_name):
+            backend = _RecordingBackend(llm.load_backend(spec, Path(folder) / cache_name))
+            simulator = users.AgendaUser() if user == "agenda" else users.LLMUser(backend, sampling)
+            settings = dict(user=simulator, n_samples=n_samples, window=window, seed=seed)
+            return backend, {**settings, "sampling": sampling, "assistant": backend}
+
+        lockstep, lockstep_settings = engine("lockstep.sqlite")
+        candidates = simulate.generate_candidates(
+            contexts, lockstep, n=n_candidates, proactive_fraction=0.5, seed=seed, sampling=sampling
+        )
+        lockstep.calls.clear()
+        calls_before = lockstep.backend.model_calls
+        started = time.perf_counter()
+        simulate.rollout(contexts, candidates, progress=False, **lockstep_settings)
+        lockstep_s = time.perf_counter() - started
+        lockstep_calls = lockstep.backend.model_calls - calls_before
+
+        single, single_settings = engine("one_at_a_time.sqlite")
+        started = time.perf_counter()
+        rollout_one_at_a_time(contexts, candidates, **single_settings)
+        single_s = time.perf_counter() - started
+
+        raw_s, raw_tokens, raw_differ = _raw_generate_seconds(lockstep.backend, lockstep.calls)
+    engine_tokens = sum(
+        g.completion_tokens for _, _, gens in lockstep.calls for g in gens if not g.cached
+    )
+    return {
+        "lockstep_speedup": single_s / lockstep_s,
+        "engine_vs_raw_generate": (engine_tokens / lockstep_s) / (raw_tokens / raw_s),
+        "lockstep_s": lockstep_s,
+        "one_at_a_time_s": single_s,
+        "raw_generate_s": raw_s,
+        "engine_tokens": engine_tokens,
+        "raw_tokens": raw_tokens,
+        "raw_replies_differing": raw_differ,  # 0: the replay re-sent the engine's requests
+        "lockstep_model_calls": lockstep_calls,
+        "one_at_a_time_model_calls": single.backend.model_calls,
+        "futures": n_contexts * n_candidates * n_samples,
+        "window": window,
+        "max_new_tokens": max_new_tokens,
+        "user": user,
+        "model": spec.model,
+    }
+
+
 def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dict:
     """Measure everything, print a summary and write JSON to `out`."""
     results: dict = {"environment": environment(), "sampling": SAMPLING}
@@ -114,7 +265,7 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     if with_server:
         results["openai_llama_cpp"] = openai_tokens_per_second()
     results["cache_hit"] = cache_hit_latency(hf)
-    results["rollouts"] = simulate.bench_rollouts()
+    results["rollouts"] = bench_rollouts()
     results["lockstep_speedup"] = results["rollouts"]["lockstep_speedup"]
     results["engine_vs_raw_generate"] = results["rollouts"]["engine_vs_raw_generate"]
     results["sweep"] = sweep_rollout_reuse()

@@ -1,6 +1,7 @@
 """A readable HTML view of a conversation for notebooks: one bubble per message.
 
     chatview.show(future.messages, goal=task.goal, title="ask-first, sample 0")
+    chatview.side_by_side(chatview.show(a, title="base"), chatview.show(b, title="trained"))
 
 The user's hidden goal is shown apart, above the chat, because the assistant never sees it.
 """
@@ -55,3 +56,20 @@ class ChatView:
 def show(conversation: list[dict], goal: str | None = None, title: str | None = None) -> ChatView:
     """A `ChatView` of `conversation`; the last expression of a cell displays it."""
     return ChatView(conversation, goal, title)
+
+
+class SideBySide:
+    """Chat views in columns under an optional heading; Jupyter displays it as HTML."""
+
+    def __init__(self, views: list[ChatView], heading: str | None = None):
+        self.views, self.heading = views, heading
+
+    def _repr_html_(self) -> str:
+        head = f"<div><b>{html.escape(self.heading)}</b></div>" if self.heading else ""
+        columns = "".join(f"<div style='flex:1'>{v._repr_html_()}</div>" for v in self.views)
+        return f"{head}<div style='display:flex;gap:12px'>{columns}</div>"
+
+
+def side_by_side(*views: ChatView, heading: str | None = None) -> SideBySide:
+    """Chat views next to each other, e.g. chosen and rejected, or base and trained."""
+    return SideBySide(list(views), heading)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from .run_folder import RunFolder
+
 
 class ParamsError(ValueError):
     """A params file or override that cannot be used; the message names the file and key."""
@@ -101,6 +103,19 @@ class GenerationParams:
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _require(self.temperature >= 0, f"{key}.temperature", "must be >= 0")
         _require(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a role samples: every `backend.chat` setting but the seed (`**sampling.kwargs`)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 1.0
+
+    @property
+    def kwargs(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -213,9 +228,24 @@ class Params:
             "must be letters, digits, '.', '_' or '-'",
         )
 
+    def sampling(self, role: str = "assistant") -> Sampling:
+        """The sampling settings of `role` ('assistant' or 'user') from `generation`."""
+        lengths = {
+            "assistant": self.generation.max_new_tokens,
+            "user": self.generation.user_max_new_tokens,
+        }
+        if role not in lengths:
+            raise ValueError(f"no sampling settings for role {role!r}; known: {sorted(lengths)}")
+        return Sampling(lengths[role], self.generation.temperature, self.generation.top_p)
+
     @property
     def run_dir(self) -> Path:
         return resolve_path(self.output_dir) / self.run_name
+
+    @property
+    def run(self) -> RunFolder:
+        """The run folder with every file name of the run (`run_folder.RunFolder`)."""
+        return RunFolder(self.run_dir)
 
     @property
     def cache_file(self) -> Path:

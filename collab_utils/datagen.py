@@ -6,7 +6,7 @@ For every task the user opens. At each turn, for all live conversations at once:
     the best candidate is appended; the next user turn is the user's reply in the best
     candidate's first future; a conversation ends on the termination signal or at max_turns.
 
-Each turn's future table is stored (`datagen/turn_<t>.parquet`) before the next turn starts,
+Each turn's future table is stored (`RunFolder.datagen_turn(t)`) before the next turn starts,
 so a killed run resumes from the stored turns, and every generation is in the cache anyway.
 `datagen/inputs.sha256` records the tasks and parameters the turns were made with; a run with
 other ones discards them and rebuilds them (from the cache wherever the requests are the same).
@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import reward, session, simulate
+from . import reward, simulate
 from .config import Params
-from .io import write_parquet
+from .io import mark_done, up_to_date, write_parquet
+from .run_folder import datagen_turn
 
 
 @dataclass
@@ -48,9 +49,7 @@ def _turn(contexts, roles, params: Params) -> pd.DataFrame:
         n=params.reward.n_candidates,
         proactive_fraction=params.reward.proactive_fraction,
         seed=params.seed,
-        max_new_tokens=params.generation.max_new_tokens,
-        temperature=params.generation.temperature,
-        top_p=params.generation.top_p,
+        sampling=params.sampling(),
     )
     table, _ = reward.score_candidates(
         contexts,
@@ -65,7 +64,7 @@ def _turn(contexts, roles, params: Params) -> pd.DataFrame:
 
 def best_candidates(table: pd.DataFrame, lam: float) -> pd.DataFrame:
     """Per context, the candidate with the highest MR at `lam` (ties: the lowest index)."""
-    summary = reward.summarize(reward.rescore(table, lam=lam))
+    summary = reward.mr_at(table, lam=lam)
     summary = summary.sort_values(["context", "mr", "candidate"], ascending=[True, False, True])
     return summary.drop_duplicates("context").set_index("context")
 
@@ -125,14 +124,14 @@ def generation_inputs(tasks, params: Params) -> list:
 
 def _discard_stale_turns(store: Path, inputs: list) -> None:
     marker = store / "inputs.sha256"
-    if session.up_to_date(marker, *inputs):
+    if up_to_date(marker, *inputs):
         return
-    stale = sorted(store.glob("turn_*.parquet"))
+    stale = sorted(store.glob(datagen_turn("", "*").name))
     if stale:
         print(f"{store}: {len(stale)} stored turns were made with other tasks or parameters")
     for path in stale:
         path.unlink()
-    session.mark_done(marker, *inputs)
+    mark_done(marker, *inputs)
 
 
 def generate(tasks, roles, params: Params, store: str | Path, *, progress: bool = True):
@@ -146,7 +145,7 @@ def generate(tasks, roles, params: Params, store: str | Path, *, progress: bool 
     for turn in tqdm(range(params.pairs.max_turns), desc="turns", disable=not progress):
         if not contexts:
             break
-        stored = store / f"turn_{turn}.parquet"
+        stored = datagen_turn(store, turn)
         if stored.exists():
             table = pd.read_parquet(stored)
         else:
@@ -166,7 +165,7 @@ def candidate_table(futures: pd.DataFrame, lam: float) -> pd.DataFrame:
     keys = ["task_id", "turn", "context"]
     summaries = []
     for _, group in futures.groupby(["turn"], sort=True):
-        summary = reward.summarize(reward.rescore(group, lam=lam))
+        summary = reward.mr_at(group, lam=lam)
         prompts = group.drop_duplicates("context").set_index("context")["prompt"]
         summary["prompt"] = [list(prompts[c]) for c in summary["context"]]
         summary["kind"] = summary["candidate_kind"]  # the column name `pairs` expects

@@ -19,7 +19,8 @@ import math
 
 import pandas as pd
 
-from . import metrics, reward, simulate
+from . import judges, metrics, simulate
+from .config import Sampling
 from .seeds import derive_seed
 
 
@@ -38,11 +39,13 @@ class Prompted:
         return self.backend.count_tokens(texts)
 
 
-def converse(tasks, assistant, user, *, rounds: int, seed: int, sampling: dict, label: str):
+def converse(tasks, assistant, user, *, rounds: int, seed: int, sampling: Sampling, label: str):
     """One conversation per task: the opening, `rounds` assistant turns at most, in lock-step."""
     contexts = [simulate.Context.opening(task) for task in tasks]
     seeds = [derive_seed(seed, t.id, "eval", "first") for t in tasks]
-    first = assistant.chat([c.messages for c in contexts], seed=seeds, desc=label, **sampling)
+    first = assistant.chat(
+        [c.messages for c in contexts], seed=seeds, desc=label, **sampling.kwargs
+    )
     candidates = [[simulate.Candidate(0, label, g.text, s)] for g, s in zip(first, seeds)]
     return contexts, simulate.rollout(
         contexts,
@@ -52,8 +55,8 @@ def converse(tasks, assistant, user, *, rounds: int, seed: int, sampling: dict, 
         n_samples=1,
         window=rounds - 1,
         seed=derive_seed(seed, "eval"),
+        sampling=sampling,
         progress=False,
-        **sampling,
     )
 
 
@@ -65,7 +68,7 @@ def evaluate(
     judge,
     rounds: int,
     seed: int,
-    sampling: dict,
+    sampling: Sampling,
     judge_max_new_tokens: int = 48,
 ) -> pd.DataFrame:
     """The transcript table: one row per (system, task). `systems` maps a name to a backend."""
@@ -76,7 +79,7 @@ def evaluate(
         )
         conversations = [[*contexts[i].messages, *f.window] for i, f in enumerate(futures)]
         seeds = [derive_seed(seed, t.id, "eval", "itr") for t in tasks]
-        scores = metrics.judge_interactivity(
+        scores = judges.judge_interactivity(
             judge,
             conversations,
             [t.goal for t in tasks],
@@ -89,7 +92,7 @@ def evaluate(
                     "system": name,
                     "task_id": task.id,
                     "kind": task.kind,
-                    "task_success": reward.task_success(task, future.window),
+                    "task_success": metrics.task_success(task, future.window),
                     "itr": score.score if score.parsed else math.nan,
                     "itr_parsed": score.parsed,
                     "tokens_k": future.assistant_tokens / 1000,
@@ -112,13 +115,13 @@ def summary_table(transcripts: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def qa_table(qa_tasks, systems: dict, *, seed: int, sampling: dict) -> pd.DataFrame:
+def qa_table(qa_tasks, systems: dict, *, seed: int, sampling: Sampling) -> pd.DataFrame:
     """Table 2: clarify-when-ambiguous and answer-when-clear accuracy of the first reply."""
     rows = []
     for name, assistant in systems.items():
         seeds = [derive_seed(seed, t.id, "eval", "qa") for t in qa_tasks]
         openings = [simulate.Context.opening(t).messages for t in qa_tasks]
-        replies = assistant.chat(openings, seed=seeds, desc=f"qa {name}", **sampling)
+        replies = assistant.chat(openings, seed=seeds, desc=f"qa {name}", **sampling.kwargs)
         for task, reply in zip(qa_tasks, replies):
             rows.append(
                 {

@@ -1,10 +1,13 @@
-"""Atomic writes: write to a temporary file beside the target, then rename over it.
+"""Atomic writes, and digest markers that tell whether stored outputs are current.
 
-An interrupted run never leaves a half-written table, JSON file or notebook behind.
+Writes go to a temporary file beside the target, then rename over it: an interrupted run never
+leaves a half-written table, JSON file or notebook behind. A marker file records the digest of
+the inputs a stage's outputs were made from (`mark_done`); `up_to_date` compares.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -79,3 +82,24 @@ def save_pretrained(target: str | Path, *parts, replace: bool) -> Path:
             part.save_pretrained(folder)
 
     return write_folder(target, save, replace=replace)
+
+
+def inputs_digest(*inputs) -> str:
+    """A digest of files (their bytes) and values (their JSON), to tell if a stage is stale."""
+    digest = hashlib.sha256()
+    for item in inputs:
+        if isinstance(item, Path):
+            digest.update(item.read_bytes())
+        else:
+            digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def up_to_date(marker: Path, *inputs) -> bool:
+    """True when `marker` records the digest of these inputs (the outputs are current)."""
+    return marker.is_file() and marker.read_text().strip() == inputs_digest(*inputs)
+
+
+def mark_done(marker: Path, *inputs) -> None:
+    """Record the digest of the inputs that the outputs beside `marker` were made from."""
+    write_text(marker, inputs_digest(*inputs) + "\n")

@@ -1,28 +1,33 @@
-"""Task metrics (code pass rate, math accuracy, BLEU, qa behaviour, tokens) and LLM judges."""
+"""Task metrics and answer checking: R_ext of a response, and which message is the answer.
+
+answer_score(task, text)     code: pass rate; math: accuracy; doc: BLEU; qa: clarify/answer
+final_answer(task, window)   the last assistant message that proposes an answer
+task_success(task, window)   R_ext of a future (0 when nothing was proposed)
+solves(task, text)           would the user accept it (the agenda user's check)
+"""
 
 from __future__ import annotations
 
 import ast
 import re
 import threading
-from dataclasses import dataclass
 
 from collab_utils import sandbox
 from collab_utils.tasks import Task, last_boxed
 
 __all__ = [
-    "JudgeScore",
     "accuracy",
+    "answer_score",
     "bleu",
     "clarify_or_answer",
-    "count_tokens",
     "extract_answer",
     "extract_code",
-    "judge_helpfulness",
-    "judge_interactivity",
-    "parse_score",
+    "final_answer",
     "pass_rate",
+    "proposes_answer",
     "qa_correct",
+    "solves",
+    "task_success",
 ]
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -127,14 +132,6 @@ def bleu(hypothesis: str, reference: str, char_level: bool = False) -> float:
     return min(1.0, score / 100.0)
 
 
-def count_tokens(texts, tokenizer) -> int:
-    """Total tokens in a text or texts; `tokenizer` has `.encode(text)` or is a callable."""
-    encode = tokenizer.encode if hasattr(tokenizer, "encode") else tokenizer
-    if isinstance(texts, str):
-        texts = [texts]
-    return sum(len(encode(text)) for text in texts)
-
-
 _CLARIFY_CUES = (
     "do you mean",
     "did you mean",
@@ -174,145 +171,54 @@ def qa_correct(response_text: str, task: Task) -> float:
     return float(clarify_or_answer(response_text) == task.reference)
 
 
-# --- LLM judges --------------------------------------------------------------------------------
+# --- answer checking ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JudgeScore:
-    """A judge's score in [0, 1]; `score` is None (never 0) when the reply had no usable score."""
-
-    score: float | None
-    parsed: bool
-    raw: str
-
-
-JUDGE_SCALE = 10  # free-text judges: "Score: N" with N in 0..10
-RATING_SCALE = 9  # judges that rate by digit probabilities (`backend.rate`): one token, 0..9
-_TEXT_INSTRUCTION = 'Give one sentence of reasoning, then end with a line of the form "Score: N".'
-_RATING_INSTRUCTION = "Reply with the score only: a single digit."
-
-_INTERACTIVITY_PROMPT = """You evaluate how interactive an AI assistant is in a conversation.
-The user's hidden goal (the assistant did not see it):
-{goal}
-
-The conversation:
-{conversation}
-
-An interactive assistant asks about details it needs, checks its understanding, and engages with
-the user's actual goal instead of guessing. Rate the assistant's interactivity from 0 (passive,
-ignores ambiguity) to {scale} (engages exactly when useful). {instruction}"""
-
-_HELPFULNESS_PROMPT = """You evaluate one AI assistant response on its own.
-The user's goal:
-{goal}
-
-The conversation so far:
-{conversation}
-
-The assistant's response:
-{response}
-
-Rate how helpful this single response is for the user's goal, from 0 (useless) to {scale}
-(fully helpful). {instruction}"""
+def proposes_answer(task: Task, text: str) -> bool:
+    """Does this assistant message offer a solution (code, a final answer, a document)?"""
+    if task.kind == "code":
+        return extract_code(text, task.entry_point) is not None
+    if task.kind == "math":
+        stated = re.search(r"answer is", text, re.IGNORECASE)
+        return bool(last_boxed(text) or stated or ("?" not in text and extract_answer(text)))
+    if task.kind == "doc":
+        return len(text.split()) >= min(40, len(task.reference.split()) // 2)
+    return clarify_or_answer(text) == "answer"
 
 
-def _render(conversation: list[dict]) -> str:
-    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in conversation) or "(empty)"
-
-
-_SCORE_PATTERNS = [
-    re.compile(r"\"score\"\s*:\s*\"?(-?\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE),
-    re.compile(
-        r"\b(?:score|rating)\b[^\d\n-]{0,20}(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?",
-        re.IGNORECASE,
-    ),
-    re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", re.IGNORECASE),
-]
-
-
-def parse_score(text: str, scale: float = JUDGE_SCALE) -> float | None:
-    """A score in [0, 1] from a judge reply, or None.
-
-    Understands "Score: 8" (on `scale`), "8/10", "4 out of 5", '{"score": 3}' and "Score: 0.8"
-    (a decimal at most 1 is read as already in [0, 1]). The last match of the first pattern that
-    matches wins; out-of-range values give None.
-    """
-    for pattern in _SCORE_PATTERNS:
-        matches = pattern.findall(text)
-        if not matches:
-            continue
-        value_text, denominator_text = matches[-1]
-        value = float(value_text)
-        if denominator_text:
-            denominator = float(denominator_text)
-            score = value / denominator if denominator > 0 else None
-        elif "." in value_text and value <= 1:
-            score = value
-        else:
-            score = value / scale
-        return score if score is not None and 0.0 <= score <= 1.0 else None
+def final_answer(task: Task, window: list[dict]) -> str | None:
+    """The last assistant message of the window that proposes an answer."""
+    for message in reversed(window):
+        if message["role"] == "assistant" and proposes_answer(task, message["content"]):
+            return message["content"]
     return None
 
 
-def _rates(backend) -> bool:
-    """Whether `backend` can rate by digit probabilities (the hf and openai backends can)."""
-    return callable(getattr(backend, "rate", None))
+def answer_score(task: Task, text: str) -> float:
+    """R_ext of one response: pass rate (code), accuracy (math), BLEU (doc), clarify/answer (qa)."""
+    if task.kind == "code":
+        return pass_rate(text, task)
+    if task.kind == "math":
+        return accuracy(text, task)
+    if task.kind == "doc":
+        return bleu(text, task.reference)
+    return qa_correct(text, task)
 
 
-def _judge(backend, prompts: list[str], seeds, max_new_tokens: int) -> list[JudgeScore]:
-    """Score each prompt: by digit probabilities where the backend can, else by parsing text."""
-    if len(seeds) != len(prompts):
-        raise ValueError(f"need one seed per item: {len(seeds)} seeds for {len(prompts)} items")
-    conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    if _rates(backend):
-        ratings = backend.rate(conversations, scale=RATING_SCALE)
-        return [
-            JudgeScore(r, r is not None, "" if r is None else f"expected rating {r:.3f}")
-            for r in ratings
-        ]
-    replies = backend.chat(
-        conversations,
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        top_p=1.0,
-        seed=[int(seed) for seed in seeds],
-    )
-    scores = []
-    for reply in replies:
-        score = parse_score(reply.text)
-        scores.append(JudgeScore(score=score, parsed=score is not None, raw=reply.text))
-    return scores
+def task_success(task: Task, window: list[dict]) -> float:
+    """R_ext of a future: the score of its final answer (qa: of its first reply), else 0."""
+    if task.kind == "qa":
+        return answer_score(task, window[0]["content"])
+    answer = final_answer(task, window)
+    return 0.0 if answer is None else answer_score(task, answer)
 
 
-def _instruction(backend) -> dict:
-    if _rates(backend):
-        return {"scale": RATING_SCALE, "instruction": _RATING_INSTRUCTION}
-    return {"scale": JUDGE_SCALE, "instruction": _TEXT_INSTRUCTION}
+def solves(task: Task, text: str, bleu_threshold: float = 0.3) -> bool:
+    """Would the user accept this answer: R_ext of 1 (a document: BLEU at least the threshold).
 
-
-def judge_interactivity(
-    backend, conversations, goals, *, seeds, max_new_tokens: int = 256
-) -> list[JudgeScore]:
-    """Interactivity (ITR) of the assistant in each conversation, in one batched judge call."""
-    if len(conversations) != len(goals):
-        raise ValueError("need one goal per conversation")
-    prompts = [
-        _INTERACTIVITY_PROMPT.format(goal=goal, conversation=_render(conv), **_instruction(backend))
-        for conv, goal in zip(conversations, goals, strict=True)
-    ]
-    return _judge(backend, prompts, seeds, max_new_tokens)
-
-
-def judge_helpfulness(
-    backend, contexts, responses, goals, *, seeds, max_new_tokens: int = 256
-) -> list[JudgeScore]:
-    """Single-turn helpfulness of each response given its context, in one batched judge call."""
-    if not len(contexts) == len(responses) == len(goals):
-        raise ValueError("need one context and one goal per response")
-    prompts = [
-        _HELPFULNESS_PROMPT.format(
-            goal=goal, conversation=_render(context), response=response, **_instruction(backend)
-        )
-        for context, response, goal in zip(contexts, responses, goals, strict=True)
-    ]
-    return _judge(backend, prompts, seeds, max_new_tokens)
+    For qa the user checks the expected answer's words, where the task names one."""
+    if task.kind == "qa":
+        expected = str(task.metadata.get("answer", "")).lower()
+        return not expected or expected in text.lower()
+    needed = bleu_threshold if task.kind == "doc" else 1.0
+    return answer_score(task, text) >= needed

@@ -51,14 +51,23 @@ def student_copy(source: str | Path, target: str | Path) -> Path:
     return _save(Path(target), notebook)
 
 
+def exercises_start(cells: list[dict]) -> int | None:
+    """Index of the markdown cell that opens the exercises, or None."""
+    return next(
+        (
+            i
+            for i, c in enumerate(cells)
+            if c["cell_type"] == "markdown" and "".join(c["source"]).startswith(EXERCISE_MARK)
+        ),
+        None,
+    )
+
+
 def up_to_exercises(source: str | Path, target: str | Path) -> Path:
     """A copy that stops before the exercises heading (what a student runs first)."""
     notebook = _load(Path(source))
-    cells = notebook["cells"]
-    stop = next(
-        (i for i, c in enumerate(cells) if EXERCISE_MARK in "".join(c["source"])), len(cells)
-    )
-    notebook["cells"] = cells[:stop]
+    stop = exercises_start(notebook["cells"])
+    notebook["cells"] = notebook["cells"][:stop]
     return _save(Path(target), notebook)
 
 

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from .io import atomic_write
+from .run_folder import RunFolder
 
 _png_warned = False
 
@@ -36,7 +37,7 @@ def browser() -> str | None:
 def save(fig, run_dir: str | Path, name: str) -> dict[str, Path]:
     """Write figures/<name>.html (always) and figures/<name>.png (when a browser exists)."""
     global _png_warned
-    folder = Path(run_dir) / "figures"
+    folder = RunFolder(run_dir).figures
     written = {
         "html": atomic_write(
             folder / f"{name}.html",

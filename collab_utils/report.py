@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .io import write_text
+from .run_folder import RunFolder
 
 NO_SCRIPT = "data:text/javascript,"
 REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>')
@@ -46,7 +47,8 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
+    run_dir = run.root
     notebooks = notebooks or sorted(run_dir.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"{run_dir}: no executed notebooks to report")
@@ -61,4 +63,4 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     merged.metadata.pop("widgets", None)  # progress bars: text is enough, no widget manager
     exporter = HTMLExporter(template_name="lab", require_js_url=NO_SCRIPT, mathjax_url=NO_SCRIPT)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": run_dir.name}})
-    return write_text(run_dir / "report.html", REMOTE_SCRIPT.sub("", body))
+    return write_text(run.report, REMOTE_SCRIPT.sub("", body))

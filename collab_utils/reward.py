@@ -10,7 +10,8 @@ For each simulated future f of a candidate (see `simulate.rollout`):
     ITR    = the judge's interactivity score of the conversation, in [0, 1]
 
 and MR(candidate) = the mean of R* over its S futures. Every term is a column of the future
-table, so `rescore(table, lam=..., mu=...)` recomputes R_int, R* and MR without any generation.
+table, so `rescore(table, lam=..., mu=...)` recomputes R_int and R* without any generation, and
+`mr_at(table, lam=..., mu=...)` gives the candidate table (MR) at new λ and μ.
 
 Missing scores are never zeros. A judge reply without a score leaves `itr` NaN with
 `itr_parsed=False`, so that future's R* is NaN and MR averages the others (`n` counts them).
@@ -25,29 +26,24 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import metrics, simulate
+from . import judges, metrics, simulate
+from .config import Params
 from .seeds import derive_seed
 
 
-def task_success(task, window: list[dict]) -> float:
-    """R_ext of a future: how well the final answer in `window` does on the task."""
-    if task.kind == "qa":
-        return metrics.qa_correct(window[0]["content"], task)
-    answer = simulate.final_answer(task, window)
-    if answer is None:
-        return 0.0
-    if task.kind == "code":
-        return metrics.pass_rate(answer, task)
-    if task.kind == "math":
-        return metrics.accuracy(answer, task)
-    return metrics.bleu(answer, task.reference)
+def token_penalty(tokens, lam):
+    """-min(λ·tokens, 1): the price of what the user must read, capped at 1."""
+    return -np.minimum(np.asarray(lam, float) * np.asarray(tokens, float), 1.0)
+
+
+def interactivity(itr, judged, mu):
+    """μ·ITR, left out (0) where no judge was used."""
+    return np.where(np.asarray(judged), np.asarray(mu, float) * np.asarray(itr, float), 0.0)
 
 
 def intrinsic_reward(tokens, itr, judged, lam: float, mu: float):
     """R_int = -min(λ·tokens, 1) + μ·ITR; the ITR term is left out where no judge was used."""
-    tokens, itr, judged = np.asarray(tokens, float), np.asarray(itr, float), np.asarray(judged)
-    interactivity = np.where(judged, mu * itr, 0.0)
-    return -np.minimum(lam * tokens, 1.0) + interactivity
+    return token_penalty(tokens, lam) + interactivity(itr, judged, mu)
 
 
 def _judge_interactivity(judge, futures, contexts, seed, max_new_tokens):
@@ -57,7 +53,7 @@ def _judge_interactivity(judge, futures, contexts, seed, max_new_tokens):
     conversations = [[m for m in f.messages if m["role"] != "system"] for f in futures]
     goals = [contexts[f.context].task.goal for f in futures]
     seeds = [_seed(seed, contexts[f.context], f.candidate, f.sample, "itr") for f in futures]
-    scores = metrics.judge_interactivity(
+    scores = judges.judge_interactivity(
         judge, conversations, goals, seeds=seeds, max_new_tokens=max_new_tokens
     )
     return _unpack(scores)
@@ -68,7 +64,7 @@ def _judge_helpfulness(judge, contexts, candidates, seed, max_new_tokens):
     pairs = [(c, cand) for c, options in enumerate(candidates) for cand in options]
     if judge is None:
         return {(c, cand.index): (math.nan, False) for c, cand in pairs}
-    scores = metrics.judge_helpfulness(
+    scores = judges.judge_helpfulness(
         judge,
         [contexts[c].messages for c, _ in pairs],
         [cand.text for _, cand in pairs],
@@ -123,7 +119,7 @@ def score_futures(
                 "response": candidate.text,
                 "stop_reason": future.stop_reason,
                 "rounds": future.rounds,
-                "r_ext": task_success(context.task, future.window),
+                "r_ext": metrics.task_success(context.task, future.window),
                 "tokens": future.assistant_tokens,
                 "itr": itr[i],
                 "itr_parsed": itr_parsed[i],
@@ -149,11 +145,16 @@ def rescore(table: pd.DataFrame, lam: float | None = None, mu: float | None = No
         table["lam"] = float(lam)
     if mu is not None:
         table["mu"] = float(mu)
-    table["r_int"] = intrinsic_reward(
-        table["tokens"], table["itr"], table["judged"], table["lam"], table["mu"]
-    )
+    table["token_penalty"] = token_penalty(table["tokens"], table["lam"])
+    table["interactivity"] = interactivity(table["itr"], table["judged"], table["mu"])
+    table["r_int"] = table["token_penalty"] + table["interactivity"]
     table["r_star"] = table["r_ext"] + table["r_int"]
     return table
+
+
+def mr_at(table: pd.DataFrame, lam: float | None = None, mu: float | None = None):
+    """The candidate table (MR per candidate) of a future table at new λ and/or μ."""
+    return summarize(rescore(table, lam=lam, mu=mu))
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -176,11 +177,11 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def score_candidates(contexts, candidates, *, assistant, user, judge, params):
+def score_candidates(contexts, candidates, *, assistant, user, judge, params: Params):
     """Roll out, score and summarise: returns (future_table, candidate_table).
 
-    `params` is a `config.Params`: reward.n_samples / window / lam / mu / token_budget,
-    generation settings for the assistant's turns and the judge, and `seed`.
+    From `params`: reward.n_samples / window / lam / mu / token_budget, the assistant's
+    sampling, the judge's token limit, and `seed`.
     """
     futures = simulate.rollout(
         contexts,
@@ -190,9 +191,7 @@ def score_candidates(contexts, candidates, *, assistant, user, judge, params):
         n_samples=params.reward.n_samples,
         window=params.reward.window,
         seed=params.seed,
-        max_new_tokens=params.generation.max_new_tokens,
-        temperature=params.generation.temperature,
-        top_p=params.generation.top_p,
+        sampling=params.sampling(),
         token_budget=params.reward.token_budget,
     )
     table = score_futures(

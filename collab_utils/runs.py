@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import config, report
 from .io import write_json
+from .run_folder import SweepFolder
 
 STAGES = (
     "01_user_simulator",
@@ -112,8 +113,8 @@ def prepare(params_file: str | Path, overrides: list[str] | None = None) -> conf
     """Validate parameters and create the run folder with params.yaml and env.json."""
     params = config.load(params_file, overrides)
     params.run_dir.mkdir(parents=True, exist_ok=True)
-    params.dump(params.run_dir / "params.yaml")
-    write_json(params.run_dir / "env.json", environment())
+    params.dump(params.run.params)
+    write_json(params.run.env, environment())
     return params
 
 
@@ -148,16 +149,17 @@ def execute(notebook: Path, executed: Path, parameters: dict) -> Path:
 def run(params_file: str | Path, overrides: list[str] | None = None) -> Path:
     """Execute every existing stage notebook in order into the run folder."""
     params = prepare(params_file, overrides)
-    resolved = str(params.run_dir / "params.yaml")
+    run = params.run
     notebooks = stage_notebooks()
     if not notebooks:
         raise StageError(f"no stage notebooks in {config.project_root() / 'notebooks'}")
-    for notebook in tqdm(notebooks, desc=f"run {params.run_name}", unit="stage"):
-        execute(
-            notebook, params.run_dir / notebook.name, {"params_file": resolved, "overrides": []}
-        )
-    report.build(params.run_dir, [params.run_dir / n.name for n in notebooks])
-    return params.run_dir
+    executed = [run.notebook(n.stem) for n in notebooks]
+    for notebook, copy in zip(
+        tqdm(notebooks, desc=f"run {params.run_name}", unit="stage"), executed
+    ):
+        execute(notebook, copy, {"params_file": str(run.params), "overrides": []})
+    report.build(run.root, executed)
+    return run.root
 
 
 SWEEP_KEYS = ("base", "set", "vary", "report")
@@ -211,9 +213,9 @@ def sweep(sweep_file: str | Path) -> Path:
     base, overrides, names = load_sweep(sweep_file)
     run_dirs = [run(base, o) for o in tqdm(overrides, desc="sweep", unit="run")]
     first = config.load(base, overrides[0])
-    sweep_dir = config.resolve_path(first.output_dir) / Path(sweep_file).stem
+    folder = SweepFolder(config.resolve_path(first.output_dir) / Path(sweep_file).stem)
     runs = dict(zip(names, map(str, run_dirs)))
-    write_json(sweep_dir / "sweep.json", {"sweep_file": str(sweep_file), "runs": runs})
-    notebook = config.project_root() / "notebooks" / "06_sweep_report.ipynb"
-    execute(notebook, sweep_dir / notebook.name, {"sweep_dir": str(sweep_dir)})
-    return sweep_dir
+    write_json(folder.listing, {"sweep_file": str(sweep_file), "runs": runs})
+    notebook = config.project_root() / "notebooks" / folder.notebook.name
+    execute(notebook, folder.notebook, {"sweep_dir": str(folder.root)})
+    return folder.root

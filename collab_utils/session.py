@@ -1,34 +1,35 @@
 """What a stage notebook sets up from its params: the run folder, the tasks, the roles.
 
-    params, run_dir = session.start(params_file, overrides)
+    params, run = session.start(params_file, overrides)   # run: the run folder's file names
     train_tasks, heldout_tasks = session.task_splits(params)
     roles = session.load_roles(params)                    # the base assistant
-    trained = session.load_roles(params, adapter=run_dir / "adapter")
+    trained = session.load_roles(params, adapter=run.adapter)
 
 Roles with the same backend and model share one loaded model, and all of them share the run's
-generation cache.
+generation cache. `make_user` is the one place a user simulator is built from params.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, llm, plots, simulate, tasks
+from . import config, llm, plots, tasks
 from .cache import GenerationCache
-from .config import Params
+from .config import ModelSpec, Params
 from .io import write_text
+from .run_folder import RunFolder
+from .users import AgendaUser, LLMUser
 
 
-def start(params_file: str | Path, overrides: list[str] | None = None) -> tuple[Params, Path]:
+def start(params_file: str | Path, overrides: list[str] | None = None) -> tuple[Params, RunFolder]:
     """Load and validate params, create the run folder, set up plotting."""
     params = config.load(params_file, overrides)
     params.run_dir.mkdir(parents=True, exist_ok=True)
     plots.setup()
-    return params, params.run_dir
+    return params, params.run
 
 
 def task_splits(params: Params) -> tuple[list, list]:
@@ -39,10 +40,22 @@ def task_splits(params: Params) -> tuple[list, list]:
     return tasks.split(loaded, params.tasks.holdout_fraction, params.seed)
 
 
+def make_user(
+    params: Params, cache: GenerationCache | None = None, *, spec: ModelSpec | None = None
+):
+    """The user simulator of `spec` (default: `params.models.user`): `AgendaUser` for backend
+    'agenda', else an `LLMUser` on that model with the params' user sampling."""
+    spec = spec or params.models.user
+    if spec.backend == "agenda":
+        return AgendaUser(params.tasks.accept_bleu)
+    backend = llm.load_backend(spec, cache)
+    return LLMUser(backend, params.sampling("user"), bleu_threshold=params.tasks.accept_bleu)
+
+
 @dataclass
 class Roles:
     assistant: llm.Backend
-    user: simulate.AgendaUser | simulate.LLMUser
+    user: AgendaUser | LLMUser
     judge: llm.Backend
     cache: GenerationCache
 
@@ -63,34 +76,11 @@ def load_roles(params: Params, *, adapter: str | Path | None = None) -> Roles:
     if adapter is not None:  # a trained adapter runs locally, also when the base is served
         spec = dataclasses.replace(spec, backend="hf", base_url=None, adapter=str(adapter))
     assistant = llm.load_backend(spec, cache)
-    user_spec = params.models.user
-    backend = None if user_spec.backend == "agenda" else llm.load_backend(user_spec, cache)
-    user = simulate.make_user(params, backend)
     judge = llm.load_backend(params.models.judge, cache)
-    return Roles(assistant, user, judge, cache)
+    return Roles(assistant, make_user(params, cache), judge, cache)
 
 
-def inputs_digest(*inputs) -> str:
-    """A digest of files (their bytes) and values (their JSON), to tell if a stage is stale."""
-    digest = hashlib.sha256()
-    for item in inputs:
-        if isinstance(item, Path):
-            digest.update(item.read_bytes())
-        else:
-            digest.update(json.dumps(item, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def up_to_date(marker: Path, *inputs) -> bool:
-    """True when `marker` records the digest of these inputs (the stage's outputs are current)."""
-    return marker.is_file() and marker.read_text().strip() == inputs_digest(*inputs)
-
-
-def mark_done(marker: Path, *inputs) -> None:
-    write_text(marker, inputs_digest(*inputs) + "\n")
-
-
-def record_generations(run_dir: Path, stage: str, counts: dict[str, int]) -> dict[str, int]:
+def record_generations(run: RunFolder, stage: str, counts: dict[str, int]) -> dict[str, int]:
     """Store how many generations a stage sent to a model, per role (cache hits excluded)."""
-    write_text(Path(run_dir) / "generations" / f"{stage}.json", json.dumps(counts) + "\n")
+    write_text(RunFolder(run).generations(stage), json.dumps(counts) + "\n")
     return counts

@@ -1,7 +1,7 @@
 """DPO on preference pairs with LoRA: the only module that imports TRL.
 
     result = train.train_dpo(pairs, model="embedded", train_params=params.train,
-                             output_dir=params.run_dir / "train", seed=params.seed)
+                             output_dir=params.run.train, seed=params.seed, reuse=True)
     backend = llm.load_backend({"backend": "hf", "model": "embedded",
                                 "adapter": str(result.adapter_dir)})
 
@@ -26,22 +26,11 @@ import pandas as pd
 
 from . import models
 from .config import TrainParams
-from .io import save_pretrained, write_json, write_text
+from .io import mark_done, save_pretrained, up_to_date, write_json, write_text
+from .train_memory import GIB, check_memory
 
 CPU_NOTE = "no CUDA: plain LoRA on CPU in float32, QLoRA needs a GPU"
-# Bytes a base-model parameter takes while training: float32 on CPU, bf16 on CUDA, NF4 in QLoRA.
-BYTES_PER_PARAM = {"cpu": 4.0, "cuda": 2.0, "cuda-4bit": 0.5}
-# On top of the frozen weights: LoRA weights with their gradients and Adam states, activations
-# of a small batch, the framework itself. A rough guide, not a promise.
-WEIGHT_OVERHEAD = 0.5
-FIXED_OVERHEAD_BYTES = 1 << 30
-GIB = 1 << 30
-
 _cpu_note_shown = False
-
-
-class ModelTooLargeError(MemoryError):
-    """The model's estimated training footprint exceeds the memory available."""
 
 
 @dataclass
@@ -70,8 +59,18 @@ def train_dpo(
     output_dir: str | Path,
     seed: int = 0,
     eval_pairs: list[dict] | None = None,
+    reuse: bool = False,
 ) -> TrainResult:
-    """Train a LoRA adapter with DPO; saves output_dir/adapter and output_dir/train_log.jsonl."""
+    """Train a LoRA adapter with DPO; saves output_dir/adapter and output_dir/train_log.jsonl.
+
+    With `reuse=True` an adapter already trained in `output_dir` on these very pairs, model,
+    parameters and seed is returned as it is (`timing["reused"]` is True); nothing loads.
+    """
+    output_dir = Path(output_dir)
+    inputs = (pairs, eval_pairs, model, asdict(train_params), seed)
+    marker = output_dir / "inputs.sha256"
+    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
+        return _stored_result(output_dir)
     records = preference_records(pairs, "pairs")
     eval_records = preference_records(eval_pairs, "eval_pairs") if eval_pairs else None
     path = models.resolve(model)
@@ -89,7 +88,6 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     set_seed(seed)
-    output_dir = Path(output_dir)
     policy = _load_policy(path, plan, train_params)
     lora = LoraConfig(
         r=train_params.lora_r,
@@ -137,6 +135,7 @@ def train_dpo(
     eval_seconds = sum(row.get("eval_runtime", 0.0) for row in history)
     steps = trainer.state.global_step
     timing = {
+        "reused": False,
         "device": plan.device,
         "quantized_4bit": plan.quantize,
         "pairs": len(records),
@@ -158,8 +157,22 @@ def train_dpo(
         output_dir / "train_summary.json",
         {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
     )
-    log = pd.DataFrame([row for row in history if "loss" in row or "eval_loss" in row])
-    return TrainResult(adapter_dir=adapter_dir, log=log, timing=timing, log_path=log_path)
+    mark_done(marker, *inputs)
+    return TrainResult(adapter_dir, _log_rows(history), timing, log_path)
+
+
+def _log_rows(history: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([row for row in history if "loss" in row or "eval_loss" in row])
+
+
+def _stored_result(output_dir: Path) -> TrainResult:
+    """The result of an earlier training run in `output_dir`, read back from its files."""
+    log_path = output_dir / "train_log.jsonl"
+    history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    timing = json.loads((output_dir / "train_summary.json").read_text())["timing"]
+    return TrainResult(
+        output_dir / "adapter", _log_rows(history), {**timing, "reused": True}, log_path
+    )
 
 
 def preference_records(pairs: list[dict] | None, name: str) -> list[dict]:
@@ -223,54 +236,6 @@ def _require_bitsandbytes() -> None:
             "4-bit QLoRA needs bitsandbytes: pip install 'collab_utils[gpu]' "
             "(or set train.quantize_4bit: no for bf16 LoRA)"
         ) from None
-
-
-def count_parameters(path: str | Path) -> int | None:
-    """Parameters of the model in `path`, from its config alone (built on the meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(path)
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError, OSError):  # an architecture transformers cannot build
-        return None
-    return sum(p.numel() for p in skeleton.parameters())
-
-
-def check_memory(path: str | Path, memory_kind: str) -> None:
-    """Raise ModelTooLargeError when training `path` would not fit; `memory_kind` as in
-    BYTES_PER_PARAM ("cpu", "cuda", "cuda-4bit")."""
-    n_params = count_parameters(path)
-    if n_params is None:
-        return
-    weights = n_params * BYTES_PER_PARAM[memory_kind]
-    needed = weights * (1 + WEIGHT_OVERHEAD) + FIXED_OVERHEAD_BYTES
-    available, where = _available_memory(memory_kind)
-    if needed <= available:
-        return
-    precision = {"cpu": "float32", "cuda": "bf16", "cuda-4bit": "4-bit NF4"}[memory_kind]
-    hint = (
-        "Use a smaller model, or train on a CUDA GPU with QLoRA (train.quantize_4bit: auto)."
-        if memory_kind != "cuda-4bit"
-        else "Use a smaller model or a GPU with more memory."
-    )
-    raise ModelTooLargeError(
-        f"{path}: {n_params / 1e9:.2f}B parameters need about {needed / GIB:.1f} GiB to train "
-        f"with LoRA in {precision} ({weights / GIB:.1f} GiB of weights + optimizer, LoRA and "
-        f"activation overhead), but only {available / GIB:.1f} GiB of {where} is available. {hint}"
-    )
-
-
-def _available_memory(memory_kind: str) -> tuple[float, str]:
-    if memory_kind == "cpu":
-        import psutil
-
-        return float(psutil.virtual_memory().available), "RAM"
-    import torch
-
-    return float(torch.cuda.mem_get_info()[0]), "GPU memory"
 
 
 def load_chat_tokenizer(path: str | Path, name: str):
@@ -338,19 +303,19 @@ def _save_adapter(model, tokenizer, target: Path) -> Path:
     return save_pretrained(target, model, tokenizer, replace=True)
 
 
-def dpo_loss_on(
+def completion_logps(
     pairs: list[dict],
     model: str = "embedded",
     adapter_dir: str | Path | None = None,
     *,
-    beta: float = 0.1,
     max_length: int | None = None,
     batch_size: int = 4,
-) -> float:
-    """Mean DPO (sigmoid) loss of policy = base + adapter against reference = base on `pairs`.
+) -> pd.DataFrame:
+    """Summed log-probabilities of each pair's chosen and rejected completion, under the policy
+    (base + adapter) and the reference (base), one row per pair.
 
     Tokenised as TRL does (chat template, completion after the common prefix, keep-start
-    truncation at max_length). Without an adapter, policy and reference agree: ln 2.
+    truncation at max_length). Without an adapter, policy and reference are the same model.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -382,7 +347,7 @@ def dpo_loss_on(
         start = min(common_prefix_length(prompt_ids, ids) for ids in full)
         return [(ids[:max_length] if max_length else ids, start) for ids in full]
 
-    def completion_logps(sequences: list[tuple[list[int], int]]):
+    def summed(sequences: list[tuple[list[int], int]]):
         """Summed log-probabilities of each sequence's completion tokens, in one padded batch."""
         width = max(len(ids) for ids, _ in sequences)
         rows = [(ids, start, width - len(ids)) for ids, start in sequences]
@@ -395,16 +360,45 @@ def dpo_loss_on(
         logits = logits[:, :-1].float()
         targets = input_ids[:, 1:, None]
         logps = logits.gather(-1, targets)[..., 0] - logits.logsumexp(-1)
-        return (logps * completion[:, 1:].to(device)).sum(-1)
+        return (logps * completion[:, 1:].to(device)).sum(-1).view(-1, 2).tolist()
 
-    losses = []
+    rows = []
     with torch.inference_mode():
         for first in range(0, len(records), batch_size):
             sequences = [s for r in records[first : first + batch_size] for s in tokenized(r)]
-            policy_logps = completion_logps(sequences)
+            policy_logps = summed(sequences)
             with reference():
-                reference_logps = completion_logps(sequences)
-            ratios = (policy_logps - reference_logps).view(-1, 2)  # rows: (chosen, rejected)
-            margins = beta * (ratios[:, 0] - ratios[:, 1])
-            losses.extend((-torch.nn.functional.logsigmoid(margins)).tolist())
-    return sum(losses) / len(losses)
+                reference_logps = summed(sequences)
+            for (pc, pr), (rc, rr) in zip(policy_logps, reference_logps):
+                rows.append(
+                    {
+                        "policy_chosen": pc,
+                        "policy_rejected": pr,
+                        "reference_chosen": rc,
+                        "reference_rejected": rr,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def dpo_loss_on(
+    pairs: list[dict],
+    model: str = "embedded",
+    adapter_dir: str | Path | None = None,
+    *,
+    beta: float = 0.1,
+    max_length: int | None = None,
+    batch_size: int = 4,
+) -> float:
+    """Mean DPO (sigmoid) loss of policy = base + adapter against reference = base on `pairs`:
+    -log σ(β[(π_c - ref_c) - (π_r - ref_r)]) over `completion_logps`. Without an adapter: ln 2."""
+    import numpy as np
+
+    logps = completion_logps(
+        pairs, model, adapter_dir, max_length=max_length, batch_size=batch_size
+    )
+    margins = beta * (
+        (logps.policy_chosen - logps.reference_chosen)
+        - (logps.policy_rejected - logps.reference_rejected)
+    )
+    return float(np.logaddexp(0.0, -margins).mean())

@@ -11,17 +11,17 @@ def test_stored_turns_made_with_other_parameters_are_rebuilt(tmp_path):
     params = config.load(SMOKE, settings)
     roles = session.load_roles(params)
     train_tasks, _ = session.task_splits(params)
-    store = tmp_path / "datagen"
+    store = params.run.datagen
     n_candidates = params.reward.n_candidates
 
     first = datagen.generate(train_tasks, roles, params, store, progress=False)
     assert len(first.futures) == len(train_tasks) * n_candidates * 2
-    stored = (store / "turn_0.parquet").stat().st_mtime_ns
+    stored = params.run.datagen_turn(0).stat().st_mtime_ns
 
     datagen.generate(train_tasks, roles, params, store, progress=False)
-    assert (store / "turn_0.parquet").stat().st_mtime_ns == stored  # same inputs: re-used
+    assert params.run.datagen_turn(0).stat().st_mtime_ns == stored  # same inputs: re-used
 
     more = config.load(SMOKE, [*settings, "reward.n_samples=3"])
     again = datagen.generate(train_tasks, roles, more, store, progress=False)
     assert len(again.futures) == len(train_tasks) * n_candidates * 3
-    assert (store / "turn_0.parquet").stat().st_mtime_ns != stored
+    assert params.run.datagen_turn(0).stat().st_mtime_ns != stored

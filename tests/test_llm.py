@@ -128,10 +128,10 @@ RATE = [{"role": "user", "content": "Rate the sky's blueness from 0 to 9. Reply 
 
 
 def test_expected_digit_is_the_probability_weighted_mean():
-    assert llm._expected_digit([0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 9) == pytest.approx(2 / 9)
-    assert llm._expected_digit([0.5, 0, 0, 0, 0, 0.5], 5) == pytest.approx(0.5)
-    assert llm._expected_digit([0.2] + [0.0] * 8 + [0.2], 9) == pytest.approx(0.5)
-    assert llm._expected_digit(None, 9) is None
+    assert llm.base._expected_digit([0, 0, 1, 0, 0, 0, 0, 0, 0, 0], 9) == pytest.approx(2 / 9)
+    assert llm.base._expected_digit([0.5, 0, 0, 0, 0, 0.5], 5) == pytest.approx(0.5)
+    assert llm.base._expected_digit([0.2] + [0.0] * 8 + [0.2], 9) == pytest.approx(0.5)
+    assert llm.base._expected_digit(None, 9) is None
 
 
 def test_rate_scores_in_unit_interval_deterministic_and_cached(embedded, cache):

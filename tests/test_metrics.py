@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -103,7 +102,7 @@ def test_accuracy_works_off_the_main_thread():
         assert pool.submit(metrics.accuracy, "\\boxed{1/2}", math_task("0.5")).result() == 1.0
 
 
-# --- doc, tokens, qa ---------------------------------------------------------------------------
+# --- doc, qa -------------------------------------------------------------------------------
 
 
 def test_bleu_hand_computed():
@@ -114,15 +113,6 @@ def test_bleu_hand_computed():
     assert metrics.bleu("dog", reference) == pytest.approx(0.0, abs=1e-6)
     assert metrics.bleu("abc", "abc", char_level=True) == pytest.approx(1.0)
     assert metrics.bleu("thecat", "the cat", char_level=True) > metrics.bleu("thecat", "the cat")
-
-
-def test_count_tokens_with_encode_object_or_callable():
-    class WhitespaceTokenizer:
-        def encode(self, text):
-            return text.split()
-
-    assert metrics.count_tokens(["a b c", "d e"], WhitespaceTokenizer()) == 5
-    assert metrics.count_tokens("a b c", lambda text: list(text)) == 5
 
 
 @pytest.mark.parametrize(
@@ -148,91 +138,31 @@ def test_qa_correct():
     assert metrics.qa_correct("Do you mean Anna's dress?", clear) == 0.0
 
 
-# --- judges ------------------------------------------------------------------------------------
+# --- answer checking ---------------------------------------------------------------------------
 
 
-@dataclass
-class FakeGeneration:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
+CASE = tasks.load("builtin:case_study")[0]
+NAIVE = f"```python\n{CASE.metadata['naive_solution']}```"
 
 
-class FakeJudgeBackend:
-    """Replies with canned texts in order and records every call."""
-
-    def __init__(self, replies):
-        self.replies = replies
-        self.calls = []
-
-    def chat(self, conversations, *, max_new_tokens, temperature, top_p=1.0, seed):
-        self.calls.append(
-            dict(
-                conversations=conversations,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-            )
-        )
-        return [FakeGeneration(text) for text in self.replies[: len(conversations)]]
-
-
-@pytest.mark.parametrize(
-    ("reply", "score"),
-    [
-        ("Asked the right question.\nScore: 8", 0.8),
-        ("Score: 0.8", 0.8),
-        ("I give it 8/10.", 0.8),
-        ("4 out of 5", 0.8),
-        ('{"score": 3}', 0.3),
-        ('{"score": 3, "out_of": 10}', 0.3),
-        ("Rating: 10", 1.0),
-        ("Score: 0", 0.0),
-        ("The assistant was fine.", None),
-        ("Score: 15", None),
-    ],
-)
-def test_parse_score(reply, score):
-    parsed = metrics.parse_score(reply)
-    assert parsed == (None if score is None else pytest.approx(score))
-
-
-def test_judge_interactivity_is_one_batched_deterministic_call():
-    backend = FakeJudgeBackend(["Good clarifying question. Score: 9", "It guessed.\nScore: 2"])
-    conversations = [
-        [
-            {"role": "user", "content": "Tokenize a file."},
-            {"role": "assistant", "content": "Should punctuation be kept?"},
-        ],
-        [{"role": "user", "content": "Tokenize a file."}, {"role": "assistant", "content": "..."}],
+def test_task_success_uses_the_final_answer_of_the_window():
+    window = [
+        {"role": "assistant", "content": NAIVE},
+        {"role": "user", "content": "It crashes."},
+        {"role": "assistant", "content": f"```python\n{CASE.reference}```"},
+        {"role": "user", "content": "Thanks! [[TERMINATE]]"},
     ]
-    scores = metrics.judge_interactivity(
-        backend, conversations, ["goal A", "goal B"], seeds=[11, 12], max_new_tokens=64
-    )
-    assert [s.score for s in scores] == [pytest.approx(0.9), pytest.approx(0.2)]
-    assert all(s.parsed for s in scores)
-    (call,) = backend.calls
-    assert call["seed"] == [11, 12] and call["temperature"] == 0.0 and call["top_p"] == 1.0
-    assert call["max_new_tokens"] == 64
-    assert "goal A" in call["conversations"][0][0]["content"]
-    assert "Should punctuation be kept?" in call["conversations"][0][0]["content"]
+    assert metrics.task_success(CASE, window) == 1.0
+    assert metrics.task_success(CASE, window[:2]) == 0.0
+    assert metrics.final_answer(CASE, window[:2]) == NAIVE
 
 
-def test_judge_reply_without_score_is_unparsed_not_zero():
-    backend = FakeJudgeBackend(["I cannot decide."])
-    (score,) = metrics.judge_helpfulness(
-        backend,
-        [[{"role": "user", "content": "Write a poem."}]],
-        ["Roses are red."],
-        ["a poem about roses"],
-        seeds=[3],
-    )
-    assert score == metrics.JudgeScore(score=None, parsed=False, raw="I cannot decide.")
-    assert "Roses are red." in backend.calls[0]["conversations"][0][0]["content"]
-
-
-def test_judge_needs_one_seed_per_item():
-    with pytest.raises(ValueError, match="seed"):
-        metrics.judge_interactivity(FakeJudgeBackend([]), [[]], ["g"], seeds=[1, 2])
+def test_solves_means_r_ext_of_one_or_a_document_past_the_threshold():
+    assert metrics.solves(CASE, f"```python\n{CASE.reference}```")
+    assert not metrics.solves(CASE, NAIVE)
+    doc = tasks.load("builtin:doc")[0]
+    near = " ".join(doc.reference.split()[:-3])
+    score = metrics.answer_score(doc, near)
+    assert 0 < score < 1
+    assert metrics.solves(doc, near, bleu_threshold=score)
+    assert not metrics.solves(doc, near, bleu_threshold=score + 1e-6)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from collab_utils import pairs
+from collab_utils.run_folder import RunFolder
 
 
 def user(text):
@@ -120,11 +121,11 @@ def test_jsonl_round_trip_and_bad_line(tmp_path):
     table = candidate_table()
     table["task_id"] = table["task_id"].astype("category")  # numpy-ish values must serialise
     built, _ = pairs.build_pairs(table, min_gap=0.05)
-    path = pairs.write_jsonl(built, tmp_path / "pairs.jsonl")
+    path = pairs.write_jsonl(built, RunFolder(tmp_path).pairs)
     assert pairs.read_jsonl(path) == built
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
     path.write_text(path.read_text() + "{not json\n")
-    with pytest.raises(ValueError, match=r"pairs.jsonl:3: not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{path.name}:3: not valid JSON"):
         pairs.read_jsonl(path)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from collab_utils import config, runs
 from collab_utils.cache import GenerationCache
+from collab_utils.run_folder import RunFolder, SweepFolder
 
 pytestmark = pytest.mark.slow
 SMOKE = "params/smoke.yaml"
@@ -29,38 +30,40 @@ def isolated(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("smoke")
-    return runs.run(SMOKE, isolated(folder)), folder
+    return RunFolder(runs.run(SMOKE, isolated(folder))), folder
 
 
 def test_smoke_run_goes_through_every_stage(smoke_run):
-    run_dir, _ = smoke_run
-    for name in [*STAGES, "params.yaml", "env.json", "report.html", "pairs.jsonl", "sft.jsonl"]:
-        assert (run_dir / name).is_file(), name
-    assert (run_dir / "train" / "adapter" / "adapter_config.json").is_file()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run, _ = smoke_run
+    files = [run.notebook(s) for s in runs.STAGES]
+    for path in [*files, run.params, run.env, run.report, run.pairs, run.sft]:
+        assert path.is_file(), path
+    assert (run.adapter / "adapter_config.json").is_file()
+    metrics = json.loads(run.metrics.read_text())
     assert set(metrics["table1"]) == {"base", "proactive", "trained"}
     for numbers in metrics["table1"].values():
         assert 0 <= numbers["task_success"] <= 1 and numbers["tokens_k"] > 0
         assert 1 <= numbers["rounds"] <= 2
     assert set(metrics["table2"]) == {"base", "proactive", "trained"}
-    pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text().splitlines()]
-    assert pairs and all(p["gap"] >= 0 for p in pairs)
-    log = pd.read_json(run_dir / "train" / "train_log.jsonl", lines=True)
+    pairs = [json.loads(line) for line in run.pairs.read_text().splitlines()]
+    min_gap = config.load(run.params).pairs.min_gap
+    assert pairs and all(p["gap"] >= min_gap and p["gap"] > 0 for p in pairs)
+    log = pd.read_json(run.train_log, lines=True)
     assert log["loss"].notna().any()
 
 
-def _read_outputs(run_dir: Path) -> dict:
+def _read_outputs(run: RunFolder) -> dict:
     return {
-        "pairs": (run_dir / "pairs.jsonl").read_text(),
-        "candidates": pd.read_parquet(run_dir / "datagen_candidates.parquet")[
+        "pairs": run.pairs.read_text(),
+        "candidates": pd.read_parquet(run.datagen_candidates)[
             ["task_id", "turn", "candidate", "response", "mr"]
         ],
-        "metrics": json.loads((run_dir / "metrics.json").read_text()),
+        "metrics": json.loads(run.metrics.read_text()),
     }
 
 
 def test_killed_run_resumes_with_same_results_and_no_repeated_generation(smoke_run, tmp_path):
-    reference_dir, reference_folder = smoke_run
+    reference, reference_folder = smoke_run
     overrides = isolated(tmp_path)
     command = [sys.executable, "-m", "collab_utils", "run", SMOKE]
     for item in overrides:
@@ -68,27 +71,27 @@ def test_killed_run_resumes_with_same_results_and_no_repeated_generation(smoke_r
     process = subprocess.Popen(
         command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    marker = tmp_path / "smoke" / "datagen" / "turn_0.parquet"
+    killed = RunFolder(tmp_path / "smoke")
+    marker = killed.datagen_turn(0)
     deadline = time.monotonic() + 1200
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert marker.exists(), "the run never reached the data-generation stage"
     os.killpg(process.pid, signal.SIGKILL)  # the runner and its notebook kernel
     process.wait()
-    assert not (tmp_path / "smoke" / "metrics.json").exists()
+    assert not killed.metrics.exists()
     stored_before = len(GenerationCache(tmp_path / "cache.sqlite"))
 
-    run_dir = runs.run(SMOKE, overrides)
+    run = RunFolder(runs.run(SMOKE, overrides))
     generated = {
-        path.stem: sum(json.loads(path.read_text()).values())
-        for path in (run_dir / "generations").glob("*.json")
+        stage: sum(json.loads(run.generations(stage).read_text()).values()) for stage in runs.STAGES
     }
     assert len(generated) == 5
     assert generated["01_user_simulator"] == generated["02_multiturn_reward"] == 0
     # everything the restarted run generated is new: nothing stored before was made again
     stored_after = len(GenerationCache(tmp_path / "cache.sqlite"))
     assert sum(generated.values()) == stored_after - stored_before
-    again, reference = _read_outputs(run_dir), _read_outputs(reference_dir)
+    again, reference = _read_outputs(run), _read_outputs(reference)
     assert again["pairs"] == reference["pairs"]
     pd.testing.assert_frame_equal(again["candidates"], reference["candidates"])
     assert again["metrics"]["table1"] == reference["metrics"]["table1"]
@@ -106,32 +109,32 @@ def test_lambda_sweep_reuses_every_rollout(smoke_run, tmp_path):
         f"base: {config.resolve_path(SMOKE)}\nset: {json.dumps(shared)}\n"
         "vary:\n  reward.lam: [5.0e-4, 1.0e-3, 2.0e-3]\n"
     )
-    sweep_dir = runs.sweep(sweep_file)
-    listing = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+    sweep = SweepFolder(runs.sweep(sweep_file))
+    listing = json.loads(sweep.listing.read_text())["runs"]
     assert len(listing) == 3
     lams = []
-    for run_dir in map(Path, listing.values()):
-        counts = json.loads((run_dir / "generations" / "03_preference_pairs.json").read_text())
-        assert counts == {"assistant": 0, "user": 0, "judge": 0}, run_dir.name
-        lams.append(config.load(run_dir / "params.yaml").reward.lam)
+    for run in map(RunFolder, listing.values()):
+        counts = json.loads(run.generations("03_preference_pairs").read_text())
+        assert counts == {"assistant": 0, "user": 0, "judge": 0}, run.root.name
+        lams.append(config.load(run.params).reward.lam)
     assert lams == [5e-4, 1e-3, 2e-3]
-    table = pd.read_csv(sweep_dir / "sweep_table.csv")
+    table = pd.read_csv(sweep.table)
     assert len(table) == 3 and (table["rollout_generations"] == 0).all()
-    assert (sweep_dir / "06_sweep_report.ipynb").is_file()
+    assert sweep.notebook.is_file()
 
 
 def test_report_inlines_plotly_js_once(smoke_run):
     from collab_utils import report
 
-    run_dir, _ = smoke_run
+    run, _ = smoke_run
     bundles = sum(
         report.is_plotly_bundle(output)
-        for name in STAGES
-        for cell in json.loads((run_dir / name).read_text())["cells"]
+        for stage in runs.STAGES
+        for cell in json.loads(run.notebook(stage).read_text())["cells"]
         for output in cell.get("outputs", [])
     )
     assert bundles >= 2  # each executed notebook with a figure carries its own copy
-    assert (run_dir / "report.html").read_text().count(report.PLOTLY_BUNDLE) == 1
+    assert run.report.read_text().count(report.PLOTLY_BUNDLE) == 1
 
 
 def test_report_renders_every_figure_in_headless_chromium(smoke_run):
@@ -140,11 +143,11 @@ def test_report_renders_every_figure_in_headless_chromium(smoke_run):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
-    run_dir, _ = smoke_run
+    run, _ = smoke_run
     expected = sum(
         1
-        for name in STAGES
-        for cell in json.loads((run_dir / name).read_text())["cells"]
+        for stage in runs.STAGES
+        for cell in json.loads(run.notebook(stage).read_text())["cells"]
         for output in cell.get("outputs", [])
         if "application/vnd.plotly.v1+json" in output.get("data", {})
     )
@@ -158,7 +161,7 @@ def test_report_renders_every_figure_in_headless_chromium(smoke_run):
         page = browser.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+        page.goto(run.report.as_uri(), wait_until="load")
         page.wait_for_function(
             f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}",
             timeout=60_000,
@@ -172,7 +175,7 @@ def test_report_renders_every_figure_in_headless_chromium(smoke_run):
 def test_student_copies_drop_solutions_and_run_up_to_the_exercises(smoke_run, tmp_path):
     from collab_utils import notebooks
 
-    run_dir, _ = smoke_run
+    run, _ = smoke_run
     folder = config.project_root() / "notebooks"
     for name in STAGES:
         source = json.loads((folder / name).read_text())
@@ -187,7 +190,7 @@ def test_student_copies_drop_solutions_and_run_up_to_the_exercises(smoke_run, tm
         runs.execute(
             head,
             tmp_path / "executed" / name,
-            {"params_file": str(run_dir / "params.yaml"), "overrides": []},
+            {"params_file": str(run.params), "overrides": []},
         )
 
 

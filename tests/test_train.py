@@ -11,7 +11,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from collab_utils import llm, models, train
+from collab_utils import llm, models, train, train_memory
 from collab_utils.config import TrainParams
 
 
@@ -162,8 +162,8 @@ def test_model_too_large_for_memory_fails_from_its_config(tmp_path):
     }
     (tmp_path / "huge").mkdir()
     (tmp_path / "huge" / "config.json").write_text(json.dumps(huge))
-    assert train.count_parameters(tmp_path / "huge") == pytest.approx(405.8e9, rel=1e-3)
-    with pytest.raises(train.ModelTooLargeError, match=r"405\.\d\dB parameters .* QLoRA"):
+    assert train_memory.count_parameters(tmp_path / "huge") == pytest.approx(405.8e9, rel=1e-3)
+    with pytest.raises(train_memory.ModelTooLargeError, match=r"405\.\d\dB parameters .* QLoRA"):
         train.train_dpo(
             PAIRS, model=str(tmp_path / "huge"), train_params=TEST_PARAMS, output_dir=tmp_path
         )

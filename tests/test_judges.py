@@ -1,0 +1,96 @@
+"""LLM judges: score parsing, one batched call, unparsed replies stay unscored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from collab_utils import judges
+
+
+@dataclass
+class FakeGeneration:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+
+
+class FakeJudgeBackend:
+    """Replies with canned texts in order and records every call."""
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.calls = []
+
+    def chat(self, conversations, *, max_new_tokens, temperature, top_p=1.0, seed):
+        self.calls.append(
+            dict(
+                conversations=conversations,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+            )
+        )
+        return [FakeGeneration(text) for text in self.replies[: len(conversations)]]
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("Asked the right question.\nScore: 8", 0.8),
+        ("Score: 0.8", 0.8),
+        ("I give it 8/10.", 0.8),
+        ("4 out of 5", 0.8),
+        ('{"score": 3}', 0.3),
+        ('{"score": 3, "out_of": 10}', 0.3),
+        ("Rating: 10", 1.0),
+        ("Score: 0", 0.0),
+        ("The assistant was fine.", None),
+        ("Score: 15", None),
+    ],
+)
+def test_parse_score(reply, score):
+    parsed = judges.parse_score(reply)
+    assert parsed == (None if score is None else pytest.approx(score))
+
+
+def test_judge_interactivity_is_one_batched_deterministic_call():
+    backend = FakeJudgeBackend(["Good clarifying question. Score: 9", "It guessed.\nScore: 2"])
+    conversations = [
+        [
+            {"role": "user", "content": "Tokenize a file."},
+            {"role": "assistant", "content": "Should punctuation be kept?"},
+        ],
+        [{"role": "user", "content": "Tokenize a file."}, {"role": "assistant", "content": "..."}],
+    ]
+    scores = judges.judge_interactivity(
+        backend, conversations, ["goal A", "goal B"], seeds=[11, 12], max_new_tokens=64
+    )
+    assert [s.score for s in scores] == [pytest.approx(0.9), pytest.approx(0.2)]
+    assert all(s.parsed for s in scores)
+    (call,) = backend.calls
+    assert call["seed"] == [11, 12] and call["temperature"] == 0.0 and call["top_p"] == 1.0
+    assert call["max_new_tokens"] == 64
+    assert "goal A" in call["conversations"][0][0]["content"]
+    assert "Should punctuation be kept?" in call["conversations"][0][0]["content"]
+
+
+def test_judge_reply_without_score_is_unparsed_not_zero():
+    backend = FakeJudgeBackend(["I cannot decide."])
+    (score,) = judges.judge_helpfulness(
+        backend,
+        [[{"role": "user", "content": "Write a poem."}]],
+        ["Roses are red."],
+        ["a poem about roses"],
+        seeds=[3],
+    )
+    assert score == judges.JudgeScore(score=None, parsed=False, raw="I cannot decide.")
+    assert "Roses are red." in backend.calls[0]["conversations"][0][0]["content"]
+
+
+def test_judge_needs_one_seed_per_item():
+    with pytest.raises(ValueError, match="seed"):
+        judges.judge_interactivity(FakeJudgeBackend([]), [[]], ["g"], seeds=[1, 2])

@@ -1,0 +1,178 @@
+"""User simulators: role slips, the agenda user, the LLM user and its repairs."""
+
+from __future__ import annotations
+
+import pytest
+
+from collab_utils import config, llm, session, tasks, users
+from collab_utils.config import Sampling
+from collab_utils.llm import Generation
+from collab_utils.seeds import derive_seed
+
+CASE = tasks.load("builtin:case_study")[0]
+NAIVE = f"Here you go:\n```python\n{CASE.metadata['naive_solution']}```"
+REFERENCE = f"Here you go:\n```python\n{CASE.reference}```"
+ASK_FIRST = (
+    "Before I write it: what should happen if the file does not exist? "
+    "And should punctuation be kept as separate tokens?"
+)
+
+
+def history(*replies: str) -> list[dict]:
+    """The case-study opening followed by alternating assistant/user messages."""
+    messages = [{"role": "user", "content": CASE.opening}]
+    for i, text in enumerate(replies):
+        messages.append({"role": "assistant" if i % 2 == 0 else "user", "content": text})
+    return messages
+
+
+class ScriptedBackend:
+    """TEST DOUBLE of a backend: answers every request with the next scripted text."""
+
+    def __init__(self, texts: list[str]):
+        self.texts, self.model_calls, self.generated = list(texts), 0, 0
+
+    def chat(self, conversations, *, max_new_tokens, temperature, top_p=1.0, seed, desc=None):
+        self.model_calls += 1
+        self.generated += len(conversations)
+        return [Generation(self.texts.pop(0), 10, 5) for _ in conversations]
+
+    def count_tokens(self, texts):
+        return [len(text.split()) for text in texts]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return llm.load_backend("embedded", None)
+
+
+# ------------------------------------------------------------------------ role slips
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sure, here is the function you asked for.",
+        "Here's a version that handles missing files.",
+        "As an AI language model, I cannot run code.",
+        "I can help you with that! What format is the file?",
+        "The user will now explain the goal.",
+        "Let me know if you need anything else.",
+        "```python\ndef tokenize_file(path):\n    return []\n```",
+        "The total is \\boxed{9}.",
+        "",
+    ],
+)
+def test_role_slip_flags_assistant_like_text(text):
+    assert users.role_slip(text, CASE) is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Thanks, but it crashes when the file is missing. Can you fix that?",
+        "I want punctuation kept as separate tokens.",
+        "Looks good. [[TERMINATE]]",
+        "Hmm, surely there is a shorter way?",
+    ],
+)
+def test_role_slip_accepts_user_text(text):
+    assert users.role_slip(text, CASE) is None
+
+
+def test_clean_drops_labels_and_the_assistant_part():
+    assert users._clean('USER: "Make it faster."\nASSISTANT: Sure!') == "Make it faster."
+
+
+# ----------------------------------------------------------------------- agenda user
+
+
+def test_agenda_user_opens_reveals_complains_and_terminates():
+    user = users.AgendaUser()
+    assert user.reply(CASE, history()).text == CASE.opening
+    revealed = user.reply(CASE, history(ASK_FIRST))
+    assert [r.statement in revealed.text for r in CASE.requirements] == [True, True]
+    complaint = user.reply(CASE, history(NAIVE))
+    assert CASE.requirements[0].statement in complaint.text and not complaint.terminated
+    satisfied = user.reply(CASE, history(ASK_FIRST, revealed.text, REFERENCE))
+    assert satisfied.terminated and users.TERMINATE in satisfied.text
+    # everything revealed, still failing: nothing left to say
+    stuck = user.reply(CASE, history(ASK_FIRST, revealed.text, NAIVE))
+    assert stuck.terminated
+
+
+def test_agenda_user_ignores_questions_off_its_agenda():
+    turn = users.AgendaUser().reply(CASE, history("Which Python version do you use?"))
+    assert not turn.terminated
+    assert not any(r.statement in turn.text for r in CASE.requirements)
+
+
+# -------------------------------------------------------------------------- LLM user
+
+
+def test_llm_user_retries_then_repairs_slips():
+    """Scripted replies: item 0 is fine, item 1 slips once, item 2 slips twice."""
+    backend = ScriptedBackend(
+        ["It must not crash on a missing file.", "Sure, here is code.", "As an AI, I can help."]
+        + ["Please keep the commas.", "Here's the function."]
+    )
+    user = users.LLMUser(backend, Sampling(max_new_tokens=16))
+    items = [(CASE, history(NAIVE), s) for s in (1, 2, 3)]
+    fine, retried, repaired = user.respond(items)
+    assert backend.model_calls == 2  # one call, one retry call for the two slips
+    assert (fine.role_slip, fine.retried, fine.repaired) == (False, False, False)
+    assert (retried.role_slip, retried.retried, retried.repaired) == (True, True, False)
+    assert retried.text == "Please keep the commas."
+    assert (repaired.role_slip, repaired.retried, repaired.repaired) == (True, True, True)
+    assert repaired.text == users.AgendaUser().reply(CASE, history(NAIVE)).text
+
+
+def test_llm_user_never_sees_the_system_prompt():
+    secret = "SECRET-SYSTEM-PROMPT"
+    view = users.user_view([{"role": "system", "content": secret}, *history(NAIVE)])
+    prompt = users.user_prompt(CASE, view)
+    assert secret not in str(prompt) and CASE.goal in prompt[0]["content"]
+    # roles swapped: the user's opening is the model's own turn, the assistant's reply the other
+    assert [m["role"] for m in prompt] == ["system", "assistant", "user"]
+
+
+def test_llm_user_on_embedded_model_sends_the_model_replies_or_repairs(embedded):
+    """Each turn is the model's own reply to the simulator prompt (first or retry seed), or,
+    only where both slipped, the agenda user's reply."""
+    sampling = Sampling(max_new_tokens=40)
+    user = users.LLMUser(embedded, sampling)
+    items = [(CASE, history(reply), seed) for reply in (NAIVE, ASK_FIRST) for seed in (0, 1)]
+    calls = embedded.model_calls
+    turns = user.respond(items)
+    assert embedded.model_calls - calls <= 2
+    for (task, messages, seed), turn in zip(items, turns):
+        prompt = users.user_prompt(task, messages)
+        first = users._clean(embedded.chat([prompt], seed=seed, **sampling.kwargs)[0].text)
+        assert turn.role_slip == (users.role_slip(first, task) is not None)
+        if not turn.role_slip:
+            assert turn.text == first
+            continue
+        retry_seed = derive_seed(seed, "retry")
+        retry = users._clean(embedded.chat([prompt], seed=retry_seed, **sampling.kwargs)[0].text)
+        if turn.repaired:
+            assert users.role_slip(retry, task) is not None
+            assert turn.text == users.AgendaUser().reply(task, messages).text
+        else:
+            assert turn.text == retry
+
+
+def test_make_user_takes_its_settings_from_the_params():
+    params = config.load("params/smoke.yaml", ["tasks.accept_bleu=0.9"])
+    assert session.make_user(params).bleu_threshold == 0.9
+    llm_params = config.load(
+        "params/smoke.yaml",
+        [
+            "tasks.accept_bleu=0.9",
+            "models.user.backend=hf",
+            "generation.user_max_new_tokens=17",
+            "generation.top_p=0.5",
+        ],
+    )
+    user = session.make_user(llm_params)
+    assert user.fallback.bleu_threshold == 0.9
+    assert user.sampling == Sampling(17, llm_params.generation.temperature, 0.5)
