@@ -35,6 +35,19 @@ CALL_OUTPUT_LIMIT = 65_536
 # --- the test runner ------------------------------------------------------------------------------
 
 
+_REPLY_KEYS = {
+    "ok",
+    "raise",
+    "message",
+    "unencodable",
+    "forged",
+    "out",
+    "ready",
+    "error",
+    "tampered",
+}
+
+
 class SolutionGone(RuntimeError):
     """The solution server ended, hung up or broke the protocol: the run cannot pass."""
 
@@ -53,7 +66,10 @@ class Solution:
             raise SolutionGone(self.fatal)
         try:
             self.channel.send(message)
-            return self.channel.receive()
+            reply = self.channel.receive()
+            if self.channel.pending or not set(reply) <= _REPLY_KEYS:
+                raise ValueError("not a reply the server writes")
+            return reply
         except (OSError, EOFError):
             self.fatal = f"the solution's process ended (exit code {self.process.poll()})"
         except (ValueError, RecursionError):
@@ -131,7 +147,10 @@ def _start_solution(config: dict, wanted: list[str]) -> tuple[Solution, dict]:
     os.close(from_server_write)
     solution = Solution(Channel(from_server_read, to_server_write), process)
     hello = {key: config[key] for key in ("code", "protected_paths", "hidden_modules")}
-    return solution, solution.request({**hello, "names": wanted})
+    try:
+        return solution, solution.request({**hello, "names": wanted})
+    except SolutionGone:
+        return solution, {}
 
 
 def _run_unittest(namespace: dict) -> dict:
@@ -180,8 +199,8 @@ def _judge(config: dict) -> dict:
     names = ready.get("ready")
     if "error" in ready or type(names) is not list:
         solution.tampered.extend(str(item)[:500] for item in ready.get("tampered", ()))
-        detail = str(ready.get("error", "the solution server did not start"))[:500]
-        return _final(solution, {"status": "error", "detail": detail})
+        detail = str(ready.get("error") or solution.fatal or "the solution server did not start")
+        return _final(solution, {"status": "error", "detail": detail[:500]})
     namespace = {"__name__": TESTS_MODULE, "__builtins__": builtins}
     namespace.update((name, solution.proxy(name)) for name in wanted if name in names)
     try:
@@ -206,7 +225,7 @@ def _final(solution: Solution, verdict: dict) -> dict:
     """The tests' verdict, overruled by tampering or by a solution process that went away."""
     solution.process.kill()
     if solution.tampered:
-        return {**verdict, "status": "tampered", "tampered": solution.tampered}
+        return {**verdict, "status": "tampered", "tampered": list(dict.fromkeys(solution.tampered))}
     if solution.fatal and verdict["status"] != "error":
         return {**verdict, "status": "failed", "detail": solution.fatal, "tests_passed": 0}
     return verdict
@@ -311,7 +330,7 @@ def _reply(result) -> dict:
             claims = False
         if claims:
             name = type(result).__qualname__
-            reply["forged"] = f"returned a {name} that claims to equal anything"
+            reply["forged"] = f"returned an instance of {name} that claims to equal anything"
     return reply
 
 

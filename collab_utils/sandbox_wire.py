@@ -113,11 +113,11 @@ def decode(node):
 
 
 class Channel:
-    """One JSON message per line over a pair of pipes."""
+    """One JSON message per line over a pair of pipes; `pending` holds bytes not yet asked for."""
 
     def __init__(self, read_fd: int, write_fd: int):
-        self.reader = os.fdopen(read_fd, "rb")
-        self.write_fd = write_fd
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.pending = bytearray()
 
     def send(self, message: dict) -> None:
         data = (json.dumps(message) + "\n").encode()
@@ -127,9 +127,16 @@ class Channel:
             data = data[os.write(self.write_fd, data) :]
 
     def receive(self) -> dict:
-        line = self.reader.readline(MESSAGE_LIMIT + 1)
-        if not line.endswith(b"\n"):
-            raise EOFError("the other side closed the channel")
+        searched = 0
+        while (end := self.pending.find(b"\n", searched)) < 0:
+            if len(self.pending) > MESSAGE_LIMIT:
+                raise ValueError("message over the size limit")
+            searched = len(self.pending)
+            chunk = os.read(self.read_fd, 1 << 20)
+            if not chunk:
+                raise EOFError("the other side closed the channel")
+            self.pending += chunk
+        line, self.pending = bytes(self.pending[:end]), self.pending[end + 1 :]
         message = json.loads(line)
         if type(message) is not dict:
             raise ValueError("not a message")
