@@ -334,6 +334,14 @@ def _reply(result) -> dict:
     return reply
 
 
+def _describe(exc: BaseException, with_type: bool = True) -> str:
+    try:
+        text = str(exc)[:2000]
+    except BaseException:  # noqa: BLE001 - the program's __str__ may raise anything
+        text = "(unprintable)"
+    return f"{type(exc).__name__}: {text}" if with_type else text
+
+
 def solution_main() -> None:
     import contextlib
     import io
@@ -345,12 +353,16 @@ def solution_main() -> None:
     findings: list[str] = []
     _watch(config, findings)
     namespace = {"__name__": SOLUTION_MODULE, "__builtins__": builtins}
+    server = os.getpid()
     try:
         exec(compile(config["code"], SOLUTION_FILE, "exec"), namespace)
     except BaseException as exc:  # noqa: BLE001 - report whatever the program raised
-        sys.stdout.flush()
-        tampered = findings + _changes(spaces, before)
-        channel.send({"error": f"{type(exc).__name__}: {exc}", "tampered": tampered})
+        if os.getpid() == server:
+            sys.stdout.flush()
+            tampered = findings + _changes(spaces, before)
+            channel.send({"error": _describe(exc), "tampered": tampered})
+        os._exit(0)
+    if os.getpid() != server:  # a child the program forked came back into the harness
         os._exit(0)
     channel.send({"ready": [name for name in config["names"] if callable(namespace.get(name))]})
     while True:
@@ -368,7 +380,9 @@ def solution_main() -> None:
             reply = _reply(result)
         except BaseException as exc:  # noqa: BLE001 - the solution may raise anything
             mro = [cls.__name__ for cls in type(exc).__mro__ if cls.__module__ == "builtins"]
-            reply = {"raise": mro, "message": str(exc)[:2000]}
+            reply = {"raise": mro, "message": _describe(exc, with_type=False)}
+        if os.getpid() != server:  # a child the program forked came back into the harness
+            os._exit(0)
         reply["out"] = captured.getvalue()[:CALL_OUTPUT_LIMIT]
         try:
             channel.send(reply)
