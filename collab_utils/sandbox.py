@@ -24,6 +24,8 @@ Design note: which channels exist, and why none can be forged.
 Isolation (`sandbox_isolation`): bubblewrap namespaces and a private filesystem, a leased uid when
 run as root, a memory cap for the whole process tree. Where bubblewrap cannot run, model code runs
 only if the caller passes `allow_unisolated=True`; every result records the isolation it had.
+Without isolation the program can write to files the runner later reads or imports (and read the
+hidden tests), so none of the above holds there beyond the in-process tricks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -63,6 +66,11 @@ MEMORY_LIMIT_MB = 2_048
 FILE_SIZE_LIMIT_MB = 16
 MAX_PROCESSES = 32
 STATUSES = ("passed", "failed", "error", "timeout", "tampered", "memory")
+TRIVIAL = (
+    "def f(x):\n    return x + 1\n",
+    "def check(candidate):\n    assert candidate(1) == 2\n",
+    "f",
+)
 _SOURCES = [Path(module.__file__).read_text() for module in (sandbox_wire, sandbox_harness)]
 
 
@@ -117,8 +125,17 @@ def guarantees() -> dict:
 
 
 def _probe() -> dict:
+    """Isolation is what a trivial program actually passes under, not what should work."""
     as_root = os.geteuid() == 0
-    why_not = sandbox_isolation.probe_bwrap(as_root)
+    cgroup = sandbox_isolation.has_cgroup()
+    why_not = "" if shutil.which("bwrap") else "bubblewrap (bwrap) is not installed"
+    if not why_not:
+        trial = _run(*TRIVIAL, 30.0, MEMORY_LIMIT_MB, isolated=True, cgroup=cgroup)
+        if not trial.passed:
+            why_not = (
+                f"a trivial program does not pass under bubblewrap ({trial.status}: "
+                f"{trial.detail}; {trial.output.strip()[-300:]})"
+            )
     isolated = not why_not
     return {
         "isolation": "bubblewrap" if isolated else "none",
@@ -130,7 +147,7 @@ def _probe() -> dict:
         "network_isolated": isolated,
         "pid_namespace": isolated,  # every process the run started ends with it
         "unprivileged_uid": isolated or not as_root,
-        "memory_cap": (isolated and sandbox_isolation.cgroup_kind()) or "process-tree watchdog",
+        "memory_cap": "cgroup v1" if isolated and cgroup else "process-tree watchdog",
     }
 
 
@@ -166,6 +183,11 @@ def run_tests(
             "and allow unprivileged user namespaces, or pass allow_unisolated=True to run it "
             "without isolation"
         )
+    cgroup = report["memory_cap"] == "cgroup v1"
+    return _run(code, tests, entry_point, timeout_s, memory_mb, isolated, cgroup)
+
+
+def _run(code, tests, entry_point, timeout_s, memory_mb, isolated, cgroup) -> SandboxResult:
     started = time.monotonic()
     config = {
         "code": code,
@@ -175,7 +197,7 @@ def run_tests(
         "protected_paths": sandbox_isolation.hidden_paths(),
         "hidden_modules": list(sandbox_isolation.HIDDEN_MODULES),
     }
-    memory_cap = sandbox_isolation.MemoryCap(memory_mb << 20, use_cgroup=isolated)
+    memory_cap = sandbox_isolation.MemoryCap(memory_mb << 20, use_cgroup=cgroup)
     as_root = os.geteuid() == 0
     with contextlib.ExitStack() as stack:
         uid = stack.enter_context(sandbox_isolation.lease_uid()) if isolated and as_root else None
@@ -198,7 +220,7 @@ def run_tests(
         tests_passed=int(verdict.get("tests_passed", 0)),
         output=output,
         duration_s=round(time.monotonic() - started, 3),
-        isolation=report["isolation"],
+        isolation="bubblewrap" if isolated else "none",
         tampered=tuple(str(item) for item in verdict.get("tampered", ()))[:20],
     )
 
@@ -299,12 +321,10 @@ def run_many(
 
 def measure_overhead(n: int = 20, allow_unisolated: bool = False) -> dict:
     """Seconds per sandboxed run of a trivial passing program (median of `n` runs in a row)."""
-    code = "def f(x):\n    return x + 1\n"
-    tests = "def check(candidate):\n    assert candidate(1) == 2\n"
     seconds = []
     for _ in range(n):
         started = time.perf_counter()
-        result = run_tests(code, tests, "f", allow_unisolated=allow_unisolated)
+        result = run_tests(*TRIVIAL, allow_unisolated=allow_unisolated)
         seconds.append(time.perf_counter() - started)
         if not result.passed:
             raise RuntimeError(f"the trivial program did not pass: {result.status} {result.detail}")
