@@ -28,6 +28,9 @@ class ParamsError(ValueError):
 
 
 BACKENDS = ("hf", "openai", "agenda")
+TOKEN_TURNS = ("window", "assistant")
+# The paper's token price λ per task kind (its runs: documents 1e-4, code and math 5e-4).
+LAM_PRESETS = {"doc": 1e-4, "code": 5e-4, "math": 5e-4, "qa": 5e-4}
 
 
 @dataclass
@@ -40,11 +43,12 @@ class ModelSpec:
     dtype: str = "auto"
     batch_size: int = 16
     load_in_4bit: bool = False
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # openai: one server or a list (least-loaded)
+    adapter_name: str | None = None  # openai: a LoRA the server serves under this name
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
+    concurrency: int = 8  # openai: requests in flight per server
     max_retries: int = 4
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # openai: one deadline per request (connect to last byte)
 
     def check(self, key: str) -> None:
         _require(self.backend in BACKENDS, f"{key}.backend", f"must be one of {BACKENDS}")
@@ -59,6 +63,20 @@ class ModelSpec:
         _require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
         if self.backend == "openai":
             _require(bool(self.base_url), f"{key}.base_url", "is required for backend openai")
+            urls = [self.base_url] if isinstance(self.base_url, str) else self.base_url
+            for i, url in enumerate(urls):
+                where = f"{key}.base_url" + ("" if isinstance(self.base_url, str) else f"[{i}]")
+                _require(
+                    isinstance(url, str) and bool(re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", url)),
+                    where,
+                    f"must be an http:// or https:// URL, got {url!r}",
+                )
+                _require(urls.index(url) == i, where, f"lists {url} twice")
+        _require(
+            self.adapter_name is None or self.backend == "openai",
+            f"{key}.adapter_name",
+            "names a LoRA served by an inference server: needs backend openai",
+        )
 
 
 @dataclass
@@ -97,6 +115,7 @@ class GenerationParams:
     top_p: float = 0.95
     user_max_new_tokens: int = 96
     judge_max_new_tokens: int = 48
+    tokenizer: str | None = None  # counts every system's tokens; None: the assistant's model
 
     def check(self, key: str) -> None:
         for name in ("max_new_tokens", "user_max_new_tokens", "judge_max_new_tokens"):
@@ -125,8 +144,9 @@ class RewardParams:
     n_candidates: int = 4
     n_samples: int = 3
     window: int = 2
-    lam: float = 5e-4
+    lam: float | None = None  # None: the paper's preset per task kind (LAM_PRESETS)
     mu: float = 1.0
+    token_turns: str = "window"  # the paper counts the whole window; "assistant": its turns only
     proactive_fraction: float = 0.5
     token_budget: int | None = None  # a future stops once its assistant tokens reach this
 
@@ -134,13 +154,27 @@ class RewardParams:
         _require(self.n_candidates >= 1, f"{key}.n_candidates", "must be >= 1")
         _require(self.n_samples >= 1, f"{key}.n_samples", "must be >= 1")
         _require(self.window >= 0, f"{key}.window", "must be >= 0")
-        _require(self.lam >= 0, f"{key}.lam", "must be >= 0")
+        _require(self.lam is None or self.lam >= 0, f"{key}.lam", "must be >= 0 or null")
+        _require(
+            self.token_turns in TOKEN_TURNS, f"{key}.token_turns", f"must be one of {TOKEN_TURNS}"
+        )
         _require(0 <= self.proactive_fraction <= 1, f"{key}.proactive_fraction", "in [0, 1]")
         _require(
             self.token_budget is None or self.token_budget >= 1,
             f"{key}.token_budget",
             "must be >= 1 or null",
         )
+
+
+@dataclass
+class JudgeParams:
+    """What the judge sees and how it answers (the paper's code and doc judges see no goal)."""
+
+    sees_goal: bool = False
+    reasons: bool = False  # write a short reasoning, then "Score: N" (strong judges)
+
+    def check(self, key: str) -> None:
+        pass
 
 
 @dataclass
@@ -216,6 +250,7 @@ class Params:
     tasks: TaskParams = field(default_factory=TaskParams)
     generation: GenerationParams = field(default_factory=GenerationParams)
     reward: RewardParams = field(default_factory=RewardParams)
+    judge: JudgeParams = field(default_factory=JudgeParams)
     pairs: PairParams = field(default_factory=PairParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
@@ -384,6 +419,9 @@ def _convert(hint, value, key: str):
             return None
         raise _KeyError(key, f"must not be null (expected {_name(options)})")
     for option in options:
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):

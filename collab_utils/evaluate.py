@@ -19,9 +19,12 @@ import math
 
 import pandas as pd
 
-from . import judges, metrics, simulate
-from .config import Sampling
+from . import judges, llm, metrics, simulate
+from .config import JudgeParams, Sampling
 from .seeds import derive_seed
+
+# Table 1's rows, named for what each system is (the paper's names).
+BASE, PROACTIVE, OFFLINE_DPO = "Base", "Proactive Base", "Offline DPO from base"
 
 
 class Prompted:
@@ -36,7 +39,7 @@ class Prompted:
         return self.backend.chat(conversations, **kwargs)
 
     def count_tokens(self, texts):
-        return self.backend.count_tokens(texts)
+        return llm.count_tokens(self.backend, texts)
 
 
 def converse(tasks, assistant, user, *, rounds: int, seed: int, sampling: Sampling, label: str):
@@ -70,8 +73,12 @@ def evaluate(
     seed: int,
     sampling: Sampling,
     judge_max_new_tokens: int = 48,
+    judging: JudgeParams | None = None,
 ) -> pd.DataFrame:
-    """The transcript table: one row per (system, task). `systems` maps a name to a backend."""
+    """The transcript table: one row per (system, task). `systems` maps a name to a backend.
+
+    The judge rates each conversation after the opening, with the opening as its history."""
+    judging = judging or JudgeParams()
     rows = []
     for name, assistant in systems.items():
         contexts, futures = converse(
@@ -81,10 +88,12 @@ def evaluate(
         seeds = [derive_seed(seed, t.id, "eval", "itr") for t in tasks]
         scores = judges.judge_interactivity(
             judge,
-            conversations,
-            [t.goal for t in tasks],
+            [c.messages for c in contexts],
+            [f.window for f in futures],
+            [t.goal for t in tasks] if judging.sees_goal else None,
             seeds=seeds,
             max_new_tokens=judge_max_new_tokens,
+            reasons=judging.reasons,
         )
         for task, future, conversation, score in zip(tasks, futures, conversations, scores):
             rows.append(

@@ -1,8 +1,12 @@
 """LLM judges: interactivity (ITR) of a conversation and single-turn helpfulness of a response.
 
-A judge that can rate by digit probabilities (`backend.rate`: the hf and openai backends) gives
-a deterministic expected rating; any other backend writes text that `parse_score` reads. A reply
-without a usable score is `JudgeScore(None, parsed=False, ...)`, never 0.
+As the paper's judges: the history is context and the follow-up (the candidate and its future)
+is what gets rated, in separate blocks; the hidden goal is shown only when asked (`goals`; the
+paper's code and document judges do not see it). A judge that can rate by digit probabilities
+(`backend.rate`: the hf and openai backends) gives a deterministic expected rating; with
+`reasons=True`, or a backend that cannot rate, the judge writes text ending in "Score: N" that
+`parse_score` reads. A reply without a usable score is `JudgeScore(None, parsed=False, ...)`,
+never 0.
 """
 
 from __future__ import annotations
@@ -25,30 +29,43 @@ class JudgeScore:
 JUDGE_SCALE = 10  # free-text judges: "Score: N" with N in 0..10
 RATING_SCALE = 9  # judges that rate by digit probabilities (`backend.rate`): one token, 0..9
 _TEXT_INSTRUCTION = 'Give one sentence of reasoning, then end with a line of the form "Score: N".'
+_REASONING_INSTRUCTION = (
+    "First think it through in a few sentences: what did the user need, what did the assistant "
+    'ask or assume, did it help. Then end with a last line of the form "Score: N".'
+)
 _RATING_INSTRUCTION = "Reply with the score only: a single digit."
 
-_INTERACTIVITY_PROMPT = """You evaluate how interactive an AI assistant is in a conversation.
-The user's hidden goal (the assistant did not see it):
+_GOAL_BLOCK = """The user's hidden goal (the assistant did not see it):
 {goal}
 
-The conversation:
-{conversation}
+"""
 
-An interactive assistant asks about details it needs, checks its understanding, and engages with
-the user's actual goal instead of guessing. Rate the assistant's interactivity from 0 (passive,
-ignores ambiguity) to {scale} (engages exactly when useful). {instruction}"""
+_INTERACTIVITY_PROMPT = """You evaluate how interactive an AI assistant is. You get the historical \
+conversation as context and the follow-up conversation to evaluate.
+{goal_block}<|The Start of The Historical Conversation|>
+{history}
+<|The End of The Historical Conversation|>
+
+<|The Start of The Follow-up Conversation to be Evaluated|>
+{followup}
+<|The End of The Follow-up Conversation to be Evaluated|>
+
+The history is only context (it may be empty: the chat starts with the follow-up). Judge the
+assistant in the follow-up: an interactive assistant asks about details it needs, checks its
+understanding, and engages with what the user actually wants instead of guessing. Rate its
+interactivity from 0 (passive, ignores ambiguity) to {scale} (engages exactly when useful).
+{instruction}"""
 
 _HELPFULNESS_PROMPT = """You evaluate one AI assistant response on its own.
-The user's goal:
-{goal}
+{goal_block}<|The Start of The Conversation So Far|>
+{history}
+<|The End of The Conversation So Far|>
 
-The conversation so far:
-{conversation}
-
-The assistant's response:
+<|The Start of The Response to be Evaluated|>
 {response}
+<|The End of The Response to be Evaluated|>
 
-Rate how helpful this single response is for the user's goal, from 0 (useless) to {scale}
+Rate how helpful this single response is for what the user asked, from 0 (useless) to {scale}
 (fully helpful). {instruction}"""
 
 
@@ -95,12 +112,13 @@ def _rates(backend) -> bool:
     return callable(getattr(backend, "rate", None))
 
 
-def _judge(backend, prompts: list[str], seeds, max_new_tokens: int) -> list[JudgeScore]:
-    """Score each prompt: by digit probabilities where the backend can, else by parsing text."""
+def _judge(backend, prompts: list[str], seeds, max_new_tokens: int, reasons: bool):
+    """Score each prompt: by digit probabilities where the backend can (and no reasoning is
+    asked for), else by parsing text."""
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per item: {len(seeds)} seeds for {len(prompts)} items")
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    if _rates(backend):
+    if _rates(backend) and not reasons:
         ratings = backend.rate(conversations, scale=RATING_SCALE)
         return [
             JudgeScore(r, r is not None, "" if r is None else f"expected rating {r:.3f}")
@@ -120,35 +138,72 @@ def _judge(backend, prompts: list[str], seeds, max_new_tokens: int) -> list[Judg
     return scores
 
 
-def _instruction(backend) -> dict:
+def _instruction(backend, reasons: bool) -> dict:
+    if reasons:
+        return {"scale": JUDGE_SCALE, "instruction": _REASONING_INSTRUCTION}
     if _rates(backend):
         return {"scale": RATING_SCALE, "instruction": _RATING_INSTRUCTION}
     return {"scale": JUDGE_SCALE, "instruction": _TEXT_INSTRUCTION}
 
 
+def _goal_blocks(goals, n: int) -> list[str]:
+    if goals is None:
+        return [""] * n
+    if len(goals) != n:
+        raise ValueError(f"need one goal per item: {len(goals)} goals for {n} items")
+    return [_GOAL_BLOCK.format(goal=goal) for goal in goals]
+
+
 def judge_interactivity(
-    backend, conversations, goals, *, seeds, max_new_tokens: int = 256
+    backend,
+    histories: list[list[dict]],
+    followups: list[list[dict]],
+    goals: list[str] | None = None,
+    *,
+    seeds,
+    max_new_tokens: int = 256,
+    reasons: bool = False,
 ) -> list[JudgeScore]:
-    """Interactivity (ITR) of the assistant in each conversation, in one batched judge call."""
-    if len(conversations) != len(goals):
-        raise ValueError("need one goal per conversation")
+    """Interactivity (ITR) of the assistant in each follow-up, its history as context, in one
+    batched judge call; `goals` (the hidden goals) are shown only when given."""
+    if len(histories) != len(followups):
+        raise ValueError("need one history per follow-up")
     prompts = [
-        _INTERACTIVITY_PROMPT.format(goal=goal, conversation=_render(conv), **_instruction(backend))
-        for conv, goal in zip(conversations, goals, strict=True)
+        _INTERACTIVITY_PROMPT.format(
+            goal_block=block,
+            history=_render(history),
+            followup=_render(followup),
+            **_instruction(backend, reasons),
+        )
+        for history, followup, block in zip(
+            histories, followups, _goal_blocks(goals, len(followups)), strict=True
+        )
     ]
-    return _judge(backend, prompts, seeds, max_new_tokens)
+    return _judge(backend, prompts, seeds, max_new_tokens, reasons)
 
 
 def judge_helpfulness(
-    backend, contexts, responses, goals, *, seeds, max_new_tokens: int = 256
+    backend,
+    contexts: list[list[dict]],
+    responses: list[str],
+    goals: list[str] | None = None,
+    *,
+    seeds,
+    max_new_tokens: int = 256,
+    reasons: bool = False,
 ) -> list[JudgeScore]:
     """Single-turn helpfulness of each response given its context, in one batched judge call."""
-    if not len(contexts) == len(responses) == len(goals):
-        raise ValueError("need one context and one goal per response")
+    if len(contexts) != len(responses):
+        raise ValueError("need one context per response")
     prompts = [
         _HELPFULNESS_PROMPT.format(
-            goal=goal, conversation=_render(context), response=response, **_instruction(backend)
+            goal_block=block,
+            history=_render(context),
+            response=response,
+            **_instruction(backend, reasons),
         )
-        for context, response, goal in zip(contexts, responses, goals, strict=True)
+        for context, response, block in zip(
+            contexts, responses, _goal_blocks(goals, len(responses)), strict=True
+        )
     ]
-    return _judge(backend, prompts, seeds, max_new_tokens)
+    return _judge(backend, prompts, seeds, max_new_tokens, reasons)

@@ -6,7 +6,8 @@ For each simulated future f of a candidate (see `simulate.rollout`):
     R_ext  = task success of the final answer in the window (code: pass rate; math: accuracy;
              doc: BLEU against the reference; qa: clarified when ambiguous / answered when clear)
     R_int  = -min(λ · tokens, 1) + μ · ITR
-    tokens = the assistant's tokens in the window (candidate included), its own tokenizer
+    tokens = the tokens of the window (candidate included; `reward.token_turns`: all turns, as
+             the paper counts, or the assistant's only), one tokenizer for every system
     ITR    = the judge's interactivity score of the conversation, in [0, 1]
 
 and MR(candidate) = the mean of R* over its S futures. Every term is a column of the future
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import judges, metrics, simulate
-from .config import Params
+from .config import LAM_PRESETS, JudgeParams, Params
 from .seeds import derive_seed
 
 
@@ -46,31 +47,42 @@ def intrinsic_reward(tokens, itr, judged, lam: float, mu: float):
     return token_penalty(tokens, lam) + interactivity(itr, judged, mu)
 
 
-def _judge_interactivity(judge, futures, contexts, seed, max_new_tokens):
-    """(itr, parsed, raw) per future, from one batched judge call (NaN where not scored)."""
+def _judge_interactivity(judge, futures, contexts, seed, max_new_tokens, judging: JudgeParams):
+    """(itr, parsed, raw) per future, from one batched judge call (NaN where not scored).
+
+    The judge sees the context as history and rates the follow-up: the candidate and its future.
+    """
     if judge is None or not futures:
         return [math.nan] * len(futures), [False] * len(futures), [""] * len(futures)
-    conversations = [[m for m in f.messages if m["role"] != "system"] for f in futures]
-    goals = [contexts[f.context].task.goal for f in futures]
+    histories = [[m for m in f.messages[: f.start] if m["role"] != "system"] for f in futures]
+    goals = [contexts[f.context].task.goal for f in futures] if judging.sees_goal else None
     seeds = [_seed(seed, contexts[f.context], f.candidate, f.sample, "itr") for f in futures]
     scores = judges.judge_interactivity(
-        judge, conversations, goals, seeds=seeds, max_new_tokens=max_new_tokens
+        judge,
+        histories,
+        [f.window for f in futures],
+        goals,
+        seeds=seeds,
+        max_new_tokens=max_new_tokens,
+        reasons=judging.reasons,
     )
     return _unpack(scores)
 
 
-def _judge_helpfulness(judge, contexts, candidates, seed, max_new_tokens):
+def _judge_helpfulness(judge, contexts, candidates, seed, max_new_tokens, judging: JudgeParams):
     """{(context, candidate): (score, parsed)}: the judge on each candidate alone, one call."""
     pairs = [(c, cand) for c, options in enumerate(candidates) for cand in options]
     if judge is None:
         return {(c, cand.index): (math.nan, False) for c, cand in pairs}
+    goals = [contexts[c].task.goal for c, _ in pairs] if judging.sees_goal else None
     scores = judges.judge_helpfulness(
         judge,
         [contexts[c].messages for c, _ in pairs],
         [cand.text for _, cand in pairs],
-        [contexts[c].task.goal for c, _ in pairs],
+        goals,
         seeds=[_seed(seed, contexts[c], cand.index, 0, "helpfulness") for c, cand in pairs],
         max_new_tokens=max_new_tokens,
+        reasons=judging.reasons,
     )
     values, parsed, _raw = _unpack(scores)
     return {(c, cand.index): (v, p) for (c, cand), v, p in zip(pairs, values, parsed)}
@@ -92,15 +104,25 @@ def score_futures(
     *,
     judge,
     seed: int,
-    lam: float,
+    lam: float | None,
     mu: float,
     judge_max_new_tokens: int = 48,
+    judging: JudgeParams | None = None,
+    token_turns: str = "window",
 ) -> pd.DataFrame:
-    """The future table: one row per (context, candidate, sample), one column per term."""
+    """The future table: one row per (context, candidate, sample), one column per term.
+
+    `lam` None takes the paper's preset for each task kind (`config.LAM_PRESETS`). `tokens` is
+    what λ prices: the whole window ('window', the paper's count) or the assistant's turns.
+    A future that failed (stop reason 'error') gets NaN R_ext, so MR leaves it out.
+    """
+    judging = judging or JudgeParams()
     itr, itr_parsed, itr_raw = _judge_interactivity(
-        judge, futures, contexts, seed, judge_max_new_tokens
+        judge, futures, contexts, seed, judge_max_new_tokens, judging
     )
-    helpfulness = _judge_helpfulness(judge, contexts, candidates, seed, judge_max_new_tokens)
+    helpfulness = _judge_helpfulness(
+        judge, contexts, candidates, seed, judge_max_new_tokens, judging
+    )
     by_index = [{cand.index: cand for cand in options} for options in candidates]
     rows = []
     for i, future in enumerate(futures):
@@ -119,8 +141,17 @@ def score_futures(
                 "response": candidate.text,
                 "stop_reason": future.stop_reason,
                 "rounds": future.rounds,
-                "r_ext": metrics.task_success(context.task, future.window),
-                "tokens": future.assistant_tokens,
+                "r_ext": (
+                    math.nan
+                    if future.stop_reason == "error"
+                    else metrics.task_success(context.task, future.window)
+                ),
+                "tokens": future.assistant_tokens
+                + (future.user_tokens if token_turns == "window" else 0),
+                "assistant_tokens": future.assistant_tokens,
+                "user_tokens": future.user_tokens,
+                "token_turns": token_turns,
+                "lam": LAM_PRESETS[context.task.kind] if lam is None else lam,
                 "itr": itr[i],
                 "itr_parsed": itr_parsed[i],
                 "itr_raw": itr_raw[i],
@@ -135,11 +166,12 @@ def score_futures(
                 "messages": future.window,
             }
         )
-    return rescore(pd.DataFrame(rows), lam=lam, mu=mu)
+    return rescore(pd.DataFrame(rows), mu=mu)
 
 
 def rescore(table: pd.DataFrame, lam: float | None = None, mu: float | None = None):
-    """The table with R_int and R* recomputed for new λ and/or μ; no generation at all."""
+    """The table with R_int and R* recomputed for new λ and/or μ; no generation at all.
+    None keeps each row's value."""
     table = table.copy()
     if lam is not None:
         table["lam"] = float(lam)
@@ -158,14 +190,16 @@ def mr_at(table: pd.DataFrame, lam: float | None = None, mu: float | None = None
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """The candidate table: MR (mean R* over futures), its std (ddof 0), n scored futures, the
-    mean of each term, and single-turn helpfulness beside MR."""
+    """The candidate table: MR (mean R* over futures), its std (ddof 0), n scored futures and
+    n_failed (futures that errored, left out), the mean of each term, and single-turn
+    helpfulness beside MR."""
     keys = ["context", "task_id", "turn", "candidate", "candidate_kind"]
     grouped = table.groupby(keys, sort=True)
     summary = grouped.agg(
         mr=("r_star", "mean"),
         mr_std=("r_star", lambda values: float(np.std(values.dropna()))),
         n=("r_star", "count"),
+        n_failed=("stop_reason", lambda reasons: int((reasons == "error").sum())),
         r_ext=("r_ext", "mean"),
         tokens=("tokens", "mean"),
         itr=("itr", "mean"),
@@ -203,5 +237,7 @@ def score_candidates(contexts, candidates, *, assistant, user, judge, params: Pa
         lam=params.reward.lam,
         mu=params.reward.mu,
         judge_max_new_tokens=params.generation.judge_max_new_tokens,
+        judging=params.judge,
+        token_turns=params.reward.token_turns,
     )
     return table, summarize(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
+import json
 import os
 import platform
 import subprocess
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import config, report
 from .io import write_json
-from .run_folder import SweepFolder
+from .run_folder import RunFolder, SweepFolder
 
 STAGES = (
     "01_user_simulator",
@@ -137,6 +138,9 @@ def execute(notebook: Path, executed: Path, parameters: dict) -> Path:
             cwd=str(config.project_root()),
             progress_bar=False,
             kernel_name="python3",
+            # the kernel's start-up notices (e.g. "running over TCP without encryption") are noise
+            # on a loopback-only kernel; its errors still show
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except papermill.PapermillExecutionError as exc:
         raise StageError(
@@ -160,6 +164,30 @@ def run(params_file: str | Path, overrides: list[str] | None = None) -> Path:
         execute(notebook, copy, {"params_file": str(run.params), "overrides": []})
     report.build(run.root, executed)
     return run.root
+
+
+def summary(run_dir: str | Path) -> str:
+    """Three lines for the end of a run: where it is, Table 1 and Table 2 per system."""
+    run = RunFolder(run_dir)
+    lines = [f"run folder: {run.root}  (report: {run.report.name})"]
+    if not run.metrics.is_file():
+        return lines[0]
+    metrics = json.loads(run.metrics.read_text())
+
+    def row(table: dict, columns: list[str]) -> str:
+        return " · ".join(
+            f"{system} " + "/".join(f"{values.get(c, float('nan')):.2f}" for c in columns)
+            for system, values in table.items()
+        )
+
+    table1 = ["task_success", "itr", "tokens_k", "rounds"]
+    lines.append(f"Table 1 (task success/ITR/tokens k/rounds): {row(metrics['table1'], table1)}")
+    table2 = ["clarify_when_ambiguous", "answer_when_clear"]
+    if metrics.get("table2"):
+        lines.append(
+            f"Table 2 (clarify when ambiguous/answer when clear): {row(metrics['table2'], table2)}"
+        )
+    return "\n".join(lines)
 
 
 SWEEP_KEYS = ("base", "set", "vary", "report")

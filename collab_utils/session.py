@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .users import AgendaUser, LLMUser
 
 def start(params_file: str | Path, overrides: list[str] | None = None) -> tuple[Params, RunFolder]:
     """Load and validate params, create the run folder, set up plotting."""
+    # transformers 5 renames gradient checkpointing; TRL still calls the old names (not ours)
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6")
     params = config.load(params_file, overrides)
     params.run_dir.mkdir(parents=True, exist_ok=True)
     plots.setup()
@@ -58,6 +61,7 @@ class Roles:
     user: AgendaUser | LLMUser
     judge: llm.Backend
     cache: GenerationCache
+    counter: llm.TokenCounter  # every system's tokens, whatever serves it
 
     def generated(self) -> dict[str, int]:
         """Generations that reached a model, per role (cache hits excluded)."""
@@ -69,15 +73,32 @@ class Roles:
         }
 
 
+def token_counter(params: Params) -> llm.TokenCounter:
+    """The run's one tokenizer: `generation.tokenizer`, else the assistant model's own, loaded
+    locally also when the assistant is served."""
+    name = params.generation.tokenizer or params.models.assistant.model
+    try:
+        return llm.token_counter(name)
+    except Exception as exc:  # a hub id that is not here, a folder without a tokenizer
+        raise config.ParamsError(
+            f"{params.source_file}: key 'generation.tokenizer': cannot load the tokenizer "
+            f"{name!r} that counts every system's tokens ({type(exc).__name__}: {exc}); name "
+            "a local model folder or an installed model"
+        ) from None
+
+
 def load_roles(params: Params, *, adapter: str | Path | None = None) -> Roles:
-    """Backends for the run's roles; `adapter` replaces the assistant's LoRA adapter."""
+    """Backends for the run's roles; `adapter` replaces the assistant's LoRA adapter. Every
+    assistant counts tokens with the run's one tokenizer (`token_counter`)."""
     cache = GenerationCache(params.cache_file)
     spec = params.models.assistant
     if adapter is not None:  # a trained adapter runs locally, also when the base is served
         spec = dataclasses.replace(spec, backend="hf", base_url=None, adapter=str(adapter))
     assistant = llm.load_backend(spec, cache)
+    counter = token_counter(params)
+    assistant.token_counter = counter
     judge = llm.load_backend(params.models.judge, cache)
-    return Roles(assistant, make_user(params, cache), judge, cache)
+    return Roles(assistant, make_user(params, cache), judge, cache, counter)
 
 
 def record_generations(run: RunFolder, stage: str, counts: dict[str, int]) -> dict[str, int]:

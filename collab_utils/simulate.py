@@ -25,10 +25,16 @@ from .llm import BackendError, count_tokens
 from .seeds import derive_seed
 from .tasks import Task
 
+# The paper's "proactive" prompt for Proactive Base, in our own words with the same content:
+# think about what is missing, ask when it matters, otherwise answer; spare the user's effort.
 PROACTIVE_SYSTEM_PROMPT = (
-    "You are a collaborative assistant. If the user's request is ambiguous or leaves out details "
-    "you need, first ask a short clarifying question about them instead of guessing. If the "
-    "request is clear, answer it directly."
+    "You are a collaborative assistant. Before you answer, think about what the user's request "
+    "leaves open: details you would otherwise have to guess, such as the exact goal, "
+    "constraints, format, length, or which of several things they mean. If a missing detail "
+    "would change your answer, ask one short, specific question about it (offer options when "
+    "that makes replying easy) instead of guessing. If the request is clear, answer it directly "
+    "and concisely. Keep what the user must read and type short, and look ahead: prefer the "
+    "response that gets the user to their goal in the fewest turns."
 )
 
 STOP_REASONS = ("terminated", "window", "max_tokens", "error")
@@ -76,7 +82,8 @@ class Future:
     start: int
     stop_reason: str = "window"
     rounds: int = 0
-    assistant_tokens: int = 0  # candidate + later assistant turns, the assistant's tokenizer
+    assistant_tokens: int = 0  # candidate + later assistant turns (llm.count_tokens)
+    user_tokens: int = 0  # the user's turns in the window
     role_slips: int = 0
     retries: int = 0
     repairs: int = 0
@@ -183,8 +190,10 @@ def advance(futures, contexts, *, assistant, user, window, seed, sampling, token
         except BackendError as error:
             _stop(live, "error", bar, window, str(error))
             return
-        for future, turn in zip(live, turns):
+        user_tokens = count_tokens(assistant, [turn.text for turn in turns])
+        for future, turn, count in zip(live, turns, user_tokens):
             future.messages.append({"role": "user", "content": turn.text})
+            future.user_tokens += count
             future.role_slips += turn.role_slip
             future.retries += turn.retried
             future.repairs += turn.repaired

@@ -66,8 +66,10 @@ def test_judge_interactivity_is_one_batched_deterministic_call():
         ],
         [{"role": "user", "content": "Tokenize a file."}, {"role": "assistant", "content": "..."}],
     ]
+    histories = [c[:1] for c in conversations]
+    followups = [c[1:] for c in conversations]
     scores = judges.judge_interactivity(
-        backend, conversations, ["goal A", "goal B"], seeds=[11, 12], max_new_tokens=64
+        backend, histories, followups, ["goal A", "goal B"], seeds=[11, 12], max_new_tokens=64
     )
     assert [s.score for s in scores] == [pytest.approx(0.9), pytest.approx(0.2)]
     assert all(s.parsed for s in scores)
@@ -93,4 +95,34 @@ def test_judge_reply_without_score_is_unparsed_not_zero():
 
 def test_judge_needs_one_seed_per_item():
     with pytest.raises(ValueError, match="seed"):
-        judges.judge_interactivity(FakeJudgeBackend([]), [[]], ["g"], seeds=[1, 2])
+        judges.judge_interactivity(FakeJudgeBackend([]), [[]], [[]], seeds=[1, 2])
+
+
+def test_judge_sees_history_and_follow_up_apart_and_the_goal_only_when_asked():
+    backend = FakeJudgeBackend(["Score: 5", "Score: 5"])
+    history = [{"role": "user", "content": "HISTORY-TURN"}]
+    followup = [{"role": "assistant", "content": "FOLLOW-UP-TURN"}]
+    judges.judge_interactivity(backend, [history], [followup], seeds=[1])
+    judges.judge_interactivity(backend, [history], [followup], ["SECRET-GOAL"], seeds=[1])
+    without, with_goal = (call["conversations"][0][0]["content"] for call in backend.calls)
+    start, end = without.index("Start of The Historical"), without.index("End of The Historical")
+    assert start < without.index("HISTORY-TURN") < end < without.index("FOLLOW-UP-TURN")
+    assert "FOLLOW-UP-TURN" not in without[start:end]
+    assert "SECRET-GOAL" not in without and "SECRET-GOAL" in with_goal
+
+
+class RatingBackend(FakeJudgeBackend):
+    """TEST DOUBLE of a backend that can also rate by digit probabilities."""
+
+    def rate(self, conversations, *, scale):
+        return [0.5] * len(conversations)
+
+
+def test_reasoning_judge_writes_text_even_where_the_backend_can_rate():
+    followup = [[{"role": "assistant", "content": "Which format?"}]]
+    rated = judges.judge_interactivity(RatingBackend([]), [[]], followup, seeds=[1])
+    assert rated[0].score == 0.5
+    reasoning = RatingBackend(['Thinking... "Score: 3" would be harsh.\nScore: 7'])
+    (score,) = judges.judge_interactivity(reasoning, [[]], followup, seeds=[1], reasons=True)
+    assert score.score == pytest.approx(0.7) and score.parsed
+    assert "think it through" in reasoning.calls[0]["conversations"][0][0]["content"]

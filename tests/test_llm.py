@@ -149,3 +149,23 @@ def test_rate_scores_in_unit_interval_deterministic_and_cached(embedded, cache):
 def test_precision_is_part_of_the_cache_key(embedded):
     bf16 = llm.load_backend({"model": "embedded", "dtype": "bfloat16"}, None)
     assert embedded.fingerprint.endswith(":float32") and bf16.fingerprint.endswith(":bfloat16")
+
+
+def test_a_served_and_a_local_system_count_the_same_text_alike(embedded):
+    """One tokenizer for every system: an openai-served assistant counts with the run's
+    tokenizer, not with a words estimate, and agrees with the local model's own tokenizer."""
+    from collab_utils import config, session
+
+    texts = ["Could you tell me which file format you use?", "def f(x):\n    return x * 2"]
+    served = config.load(
+        "params/smoke.yaml",
+        ["models.assistant.backend=openai", "models.assistant.base_url=http://127.0.0.1:9/v1"],
+    )
+    served_roles = session.load_roles(served)
+    local_roles = session.load_roles(config.load("params/smoke.yaml"))
+    assert served_roles.assistant.name == "openai" and local_roles.assistant.name == "hf"
+    own = embedded.count_tokens(texts)
+    assert llm.count_tokens(served_roles.assistant, texts) == own
+    assert llm.count_tokens(local_roles.assistant, texts) == own
+    assert own != [round(len(t.split()) * 4 / 3) for t in texts]  # not the words estimate
+    assert served_roles.counter.name == "embedded"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from collab_utils import config, runs
+from collab_utils import config, evaluate, runs
 from collab_utils.cache import GenerationCache
 from collab_utils.run_folder import RunFolder, SweepFolder
 
@@ -40,11 +40,13 @@ def test_smoke_run_goes_through_every_stage(smoke_run):
         assert path.is_file(), path
     assert (run.adapter / "adapter_config.json").is_file()
     metrics = json.loads(run.metrics.read_text())
-    assert set(metrics["table1"]) == {"base", "proactive", "trained"}
+    systems = {evaluate.BASE, evaluate.PROACTIVE, evaluate.OFFLINE_DPO}
+    assert set(metrics["table1"]) == systems
     for numbers in metrics["table1"].values():
         assert 0 <= numbers["task_success"] <= 1 and numbers["tokens_k"] > 0
         assert 1 <= numbers["rounds"] <= 2
-    assert set(metrics["table2"]) == {"base", "proactive", "trained"}
+    assert set(metrics["table2"]) == systems
+    assert metrics["token_counter"] == "embedded" and metrics["judge"]["sees_goal"] is False
     pairs = [json.loads(line) for line in run.pairs.read_text().splitlines()]
     min_gap = config.load(run.params).pairs.min_gap
     assert pairs and all(p["gap"] >= min_gap and p["gap"] > 0 for p in pairs)

@@ -74,7 +74,7 @@ class RubricJudge:
         for (prompt,) in conversations:
             text = prompt["content"]
             if "single response" in text:
-                response = text.split("The assistant's response:")[1]
+                response = text.split("Start of The Response to be Evaluated|>")[1]
                 reply = "Score: 8" if "```" in response else "Score: 3"
             else:
                 reply = self.reply_when_unsure or "Score: 5"
@@ -213,3 +213,45 @@ def test_rescore_equals_a_fresh_run_with_the_new_lambda(embedded):
 def test_intrinsic_reward_caps_the_token_cost():
     r_int = reward.intrinsic_reward([100, 10_000], [0.5, 0.5], [True, True], lam=5e-4, mu=1.0)
     np.testing.assert_allclose(r_int, [-0.05 + 0.5, -1.0 + 0.5])
+
+
+def test_an_errored_future_is_left_out_of_mr():
+    contexts, candidates = case_study()
+    futures = simulate.new_futures(contexts, candidates, 3, 1, 0, InformedCoder())
+    failed = futures[1]  # the second future of answer-now
+    failed.stop_reason, failed.error = "error", "BackendError: server gone"
+    table = reward.score_futures(
+        futures, contexts, candidates, judge=None, seed=0, lam=5e-4, mu=1.0
+    )
+    assert table.r_ext.isna().sum() == 1 and np.isnan(table.r_star[1])
+    summary = reward.summarize(table).set_index("candidate_kind")
+    others = table[(table.candidate_kind == "answer-now") & (table.index != 1)].r_star
+    assert summary.loc["answer-now", "mr"] == pytest.approx(others.mean())
+    assert summary.loc["answer-now", ["n", "n_failed"]].tolist() == [2, 1]
+    assert summary.loc["ask-first", ["n", "n_failed"]].tolist() == [3, 0]
+
+
+def test_window_tokens_count_both_roles_and_assistant_tokens_only_its_turns():
+    contexts, candidates = case_study()
+    run = dict(assistant=InformedCoder(), user=AgendaUser(), judge=None)
+    window, _ = reward.score_candidates(contexts, candidates, params=params(2), **run)
+    mine = params(2)
+    mine.reward.token_turns = "assistant"
+    assistant, _ = reward.score_candidates(contexts, candidates, params=mine, **run)
+    user_words = [
+        sum(len(m["content"].split()) for m in messages if m["role"] == "user")
+        for messages in window.messages
+    ]
+    assert (window.user_tokens == user_words).all() and (window.user_tokens > 0).all()
+    assert (window.tokens == assistant.tokens + window.user_tokens).all()
+    assert (assistant.tokens == assistant.assistant_tokens).all()
+
+
+def test_lam_null_takes_the_paper_preset_of_each_task_kind():
+    doc = tasks.load("builtin:doc")[0]
+    contexts = [simulate.Context.opening(CASE), simulate.Context.opening(doc)]
+    candidates = [simulate.handwritten([("a", "Which format?")]) for _ in contexts]
+    futures = simulate.new_futures(contexts, candidates, 1, 0, 0, InformedCoder())
+    table = reward.score_futures(futures, contexts, candidates, judge=None, seed=0, lam=None, mu=1)
+    assert table.lam.tolist() == [5e-4, 1e-4]
+    assert reward.rescore(table, lam=2e-3).lam.tolist() == [2e-3, 2e-3]

@@ -25,6 +25,7 @@ from ..config import ModelSpec
 from .base import Backend, BackendError, Generation
 from .hf import HFBackend, SeededSampler, pick_dtype
 from .openai import OpenAIBackend
+from .tokens import TokenCounter, token_counter
 
 __all__ = [
     "Backend",
@@ -33,9 +34,11 @@ __all__ = [
     "HFBackend",
     "OpenAIBackend",
     "SeededSampler",
+    "TokenCounter",
     "count_tokens",
     "load_backend",
     "pick_dtype",
+    "token_counter",
 ]
 
 
@@ -73,7 +76,8 @@ def load_backend(spec: str | dict | ModelSpec, cache: GenerationCache | str | Pa
         cache = GenerationCache(cache)
     if spec.backend == "agenda":
         raise ValueError("the agenda backend is a user simulator: see collab_utils.users")
-    key = (spec.backend, spec.model, spec.adapter, spec.dtype, spec.load_in_4bit, spec.base_url)
+    key = (spec.backend, spec.model, spec.adapter, spec.dtype, spec.load_in_4bit)
+    key += (str(spec.base_url), spec.adapter_name)  # base_url may be a list
     shared = _LOADED.get(key)
     backend_cls = {"hf": HFBackend, "openai": OpenAIBackend}[spec.backend]
     if shared is None:
@@ -88,10 +92,14 @@ def load_backend(spec: str | dict | ModelSpec, cache: GenerationCache | str | Pa
 
 
 def count_tokens(backend, texts: list[str]) -> list[int]:
-    """Token counts with the backend's tokenizer; without one (no backend, a remote server)
+    """Token counts with the backend's `token_counter` (the run's one tokenizer, set by
+    `session.load_roles`), else its own tokenizer; without either (no backend, a remote server)
     an estimate of 4/3 tokens per word."""
     if not texts:
         return []
+    counter = getattr(backend, "token_counter", None)
+    if counter is not None:
+        return counter(texts)
     if backend is not None:
         try:
             return backend.count_tokens(texts)

@@ -31,6 +31,7 @@ class Backend:
         self.spec = spec
         self.cache = cache
         self.fingerprint = f"{self.name}:{models.fingerprint(spec.model, spec.adapter)}"
+        self.token_counter = None  # the run's one tokenizer (llm.count_tokens uses it)
         self.model_calls = 0  # batched calls that reached the model
         self.generated = 0  # generations produced by the model (cache misses)
 
@@ -52,22 +53,43 @@ class Backend:
         keys = [request_key(self.fingerprint, c, params, s) for c, s in zip(conversations, seeds)]
         found = self.cache.get_many(keys) if self.cache is not None else {}
         todo = {k: i for i, k in enumerate(keys) if k not in found}  # one request per key
+        fresh: dict[str, Entry] = {}
         if todo:
             indices = list(todo.values())
-            entries = self._generate(
-                [conversations[i] for i in indices], params, [seeds[i] for i in indices], desc
-            )
-            self.model_calls += 1
-            self.generated += len(entries)
-            fresh = dict(zip(todo, entries))
-            if self.cache is not None:
-                self.cache.put_many(fresh)
-        else:
-            fresh = {}
+            store = self._storer(list(todo), fresh, lambda entry: entry)
+            try:
+                self._generate_each(
+                    [conversations[i] for i in indices],
+                    params,
+                    [seeds[i] for i in indices],
+                    desc,
+                    store,
+                )
+            finally:
+                self.model_calls += 1
+                self.generated += len(fresh)
+            _check_complete(todo, fresh)
         return [
             _generation(fresh[k], False) if k in fresh else _generation(found[k], True)
             for k in keys
         ]
+
+    def _storer(self, keys: list[str], fresh: dict, to_entry):
+        """`store({position: result})`: cache results the moment they finish (one transaction
+        per call), so a batch that fails halfway keeps everything already generated."""
+
+        def store(done: dict) -> None:
+            batch = {keys[j]: to_entry(result) for j, result in done.items()}
+            fresh.update(batch)
+            if self.cache is not None:
+                self.cache.put_many(batch)
+
+        return store
+
+    def _generate_each(self, conversations, params, seeds, desc, store) -> None:
+        """Generate, calling `store({position: Entry})` as entries finish. The default stores
+        the whole batch at the end; backends that finish requests one by one store each."""
+        store(dict(enumerate(self._generate(conversations, params, seeds, desc))))
 
     def _generate(
         self, conversations: list[list[dict]], params: dict, seeds: list[int], desc: str | None
@@ -88,22 +110,31 @@ class Backend:
         found = self.cache.get_many(keys) if self.cache is not None else {}
         todo = {k: i for i, k in enumerate(keys) if k not in found}
         if todo:
-            probabilities = self._digit_probabilities([conversations[i] for i in todo.values()])
-            self.model_calls += 1
-            self.generated += len(todo)
-            fresh = {
-                k: Entry(json.dumps(p), 0, 0) for k, p in zip(todo, probabilities, strict=True)
-            }
-            if self.cache is not None:
-                self.cache.put_many(fresh)
+            fresh: dict[str, Entry] = {}
+            store = self._storer(list(todo), fresh, lambda p: Entry(json.dumps(p), 0, 0))
+            try:
+                self._rate_each([conversations[i] for i in todo.values()], store)
+            finally:
+                self.model_calls += 1
+                self.generated += len(fresh)
+            _check_complete(todo, fresh)
             found = {**found, **fresh}
         return [_expected_digit(json.loads(found[k].text), scale) for k in keys]
+
+    def _rate_each(self, conversations, store) -> None:
+        """Digit probabilities, calling `store({position: probabilities})` as they finish."""
+        store(dict(enumerate(self._digit_probabilities(conversations))))
 
     def _digit_probabilities(self, conversations) -> list[list[float] | None]:
         raise NotImplementedError(f"{self.name} backend cannot rate")
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         raise NotImplementedError(f"{self.name} backend has no tokenizer")
+
+
+def _check_complete(todo: dict, fresh: dict) -> None:
+    if len(fresh) != len(todo):
+        raise BackendError(f"the backend answered {len(fresh)} of {len(todo)} requests")
 
 
 def _expected_digit(probabilities: list[float] | None, scale: int) -> float | None:
