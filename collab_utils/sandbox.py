@@ -30,9 +30,11 @@ hidden tests), so none of the above holds there beyond the in-process tricks.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import json
 import logging
+import marshal
 import os
 import shutil
 import signal
@@ -71,7 +73,12 @@ TRIVIAL = (
     "def check(candidate):\n    assert candidate(1) == 2\n",
     "f",
 )
-_SOURCES = [Path(module.__file__).read_text() for module in (sandbox_wire, sandbox_harness)]
+_CODES = [
+    binascii.b2a_base64(
+        marshal.dumps(compile(Path(module.__file__).read_text(), name, "exec"))
+    ).decode()
+    for module, name in ((sandbox_wire, "<sandbox-wire>"), (sandbox_harness, "<sandbox-harness>"))
+]
 
 
 class SandboxUnavailable(RuntimeError):
@@ -203,11 +210,11 @@ def _run(code, tests, entry_point, timeout_s, memory_mb, isolated, cgroup) -> Sa
         uid = stack.enter_context(sandbox_isolation.lease_uid()) if isolated and as_root else None
         stack.enter_context(memory_cap)
         if isolated:
-            command, cwd = sandbox_isolation.bwrap_command(as_root), "/"
+            command, cwd = list(sandbox_isolation.bwrap_command(as_root)), "/"
         else:
             cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="collab-sandbox-"))
             command = []
-        command += [sys.executable, "-I", "-c", sandbox_harness.BOOT, *_SOURCES, "tests"]
+        command += [sys.executable, "-I", "-c", sandbox_harness.BOOT, *_CODES, "tests"]
         status, verdict, output = _execute(
             memory_cap.command(command), {**config, "uid": uid}, cwd, timeout_s, memory_cap
         )

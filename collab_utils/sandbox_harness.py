@@ -1,7 +1,7 @@
 """The two processes inside the sandbox: the test runner and the solution server.
 
-The sandbox starts this file's source as `python -I -c BOOT SOURCE tests`; the package itself is
-hidden inside the sandbox, so the file is never imported there. The test runner compiles the
+The sandbox starts this file's code as `python -I -c BOOT WIRE HARNESS tests`; the package itself
+is hidden inside the sandbox, so the file is never imported there. The test runner compiles the
 task's tests, starts the solution server as a fresh interpreter (`... SOURCE solution`), binds a
 proxy for every name the tests use that the solution defines, runs the tests and writes the one
 verdict to a pipe only it holds. It never executes solution code: a call through a proxy sends
@@ -16,16 +16,19 @@ the object graph scanned, hidden packages imported or opened) can only make a ru
 from __future__ import annotations
 
 import builtins
+import importlib.machinery
 import json
 import os
+import signal
 import sys
 
 if __name__ != "__main__":  # in the sandbox the boot line has already run sandbox_wire's source
     from collab_utils.sandbox_wire import NATIVE, Channel, Unencodable, decode, encode
 
+# argv[1:3]: the code of sandbox_wire and of this file, compiled by the caller and marshalled.
 BOOT = (
-    'import sys; exec(compile(sys.argv[1], "<sandbox-wire>", "exec")); '
-    'exec(compile(sys.argv[2], "<sandbox-harness>", "exec"))'
+    "import binascii, marshal, sys\n"
+    "for code in sys.argv[1:3]: exec(marshal.loads(binascii.a2b_base64(code)))"
 )
 SOLUTION_FILE = "<solution>"
 SOLUTION_MODULE = "__sandbox__"
@@ -55,9 +58,9 @@ class SolutionGone(RuntimeError):
 class Solution:
     """The solution server as seen from the test runner: calls, and what went wrong."""
 
-    def __init__(self, channel: Channel, process):
+    def __init__(self, channel: Channel, pid: int):
         self.channel = channel
-        self.process = process
+        self.pid = pid
         self.tampered: list[str] = []
         self.fatal = ""
 
@@ -71,7 +74,7 @@ class Solution:
                 raise ValueError("not a reply the server writes")
             return reply
         except (OSError, EOFError):
-            self.fatal = f"the solution's process ended (exit code {self.process.poll()})"
+            self.fatal = "the solution's process ended or closed its channel"
         except (ValueError, RecursionError):
             self.fatal = "the channel carried bytes the solution server does not write"
             self.tampered.append(self.fatal)
@@ -133,19 +136,19 @@ def _referenced_names(code) -> set[str]:
 
 
 def _start_solution(config: dict, wanted: list[str]) -> tuple[Solution, dict]:
-    import subprocess
-
+    """Start the server (a fresh interpreter holding only its two pipes and stdio), send it the
+    program, and return the server with its first reply."""
     to_server_read, to_server_write = os.pipe()
     from_server_read, from_server_write = os.pipe()
+    for fd in (to_server_read, from_server_write):
+        os.set_inheritable(fd, True)
     command = [sys.executable, "-I", "-c", BOOT, sys.argv[1], sys.argv[2], "solution"]
-    process = subprocess.Popen(
-        [*command, str(to_server_read), str(from_server_write)],
-        stdin=subprocess.DEVNULL,
-        pass_fds=(to_server_read, from_server_write),
-    )
+    command += [str(to_server_read), str(from_server_write)]
+    pid = os.posix_spawn(sys.executable, command, os.environ)
     os.close(to_server_read)
     os.close(from_server_write)
-    solution = Solution(Channel(from_server_read, to_server_write), process)
+    _undumpable()  # before the program arrives: the server, same uid, cannot ptrace this process
+    solution = Solution(Channel(from_server_read, to_server_write), pid)
     hello = {key: config[key] for key in ("code", "protected_paths", "hidden_modules")}
     try:
         return solution, solution.request({**hello, "names": wanted})
@@ -223,7 +226,7 @@ def _judge(config: dict) -> dict:
 
 def _final(solution: Solution, verdict: dict) -> dict:
     """The tests' verdict, overruled by tampering or by a solution process that went away."""
-    solution.process.kill()
+    os.kill(solution.pid, signal.SIGKILL)
     if solution.tampered:
         return {**verdict, "status": "tampered", "tampered": list(dict.fromkeys(solution.tampered))}
     if solution.fatal and verdict["status"] != "error":
@@ -232,8 +235,9 @@ def _final(solution: Solution, verdict: dict) -> dict:
 
 
 def _enter_sandbox(config: dict) -> None:
-    """Drop to the sandbox uid (run as root), set limits, forbid new privileges and ptrace."""
-    import ctypes
+    """Drop to the sandbox uid (when run as root) and set the resource limits.
+
+    bubblewrap has already set no_new_privs, so no later exec gains privileges."""
     import resource
 
     if config["uid"] is not None:
@@ -244,16 +248,23 @@ def _enter_sandbox(config: dict) -> None:
             os._exit(71)
     for name, value in config["limits"].items():
         resource.setrlimit(getattr(resource, name), (value, value))
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) or libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0):
+
+
+def _undumpable() -> None:
+    """No ptrace, /proc/PID/mem or /proc/PID/fd of this process for anyone without privileges."""
+    import ctypes
+
+    PR_SET_DUMPABLE = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0):
         os._exit(72)
 
 
 def tests_main() -> None:
     config = json.loads(sys.stdin.readline())
+    os.set_inheritable(config["verdict_fd"], False)  # the server must never hold it
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    os.close(devnull)
     _enter_sandbox(config)
     verdict = _judge(config)
     sys.stdout.flush()
@@ -288,33 +299,63 @@ def _watch(config: dict, findings: list[str]) -> None:
     sys.addaudithook(hook)
 
 
-def _machinery() -> dict:
-    """Namespaces the verdict machinery lives in (builtins, json, unittest), by name."""
-    import json.decoder
-    import json.encoder
-    import unittest
+# Modules of the verdict machinery, with the classes in them whose contents count too.
+WATCHED = {
+    "builtins": (),
+    "json": (),
+    "json.encoder": ("JSONEncoder",),
+    "json.decoder": ("JSONDecoder",),
+    "unittest": (),
+    "unittest.case": ("TestCase",),
+    "unittest.result": ("TestResult",),
+}
 
-    modules = (builtins, json, json.encoder, json.decoder, unittest, unittest.case, unittest.result)
-    spaces = {module.__name__: module for module in modules}
-    for cls in (json.JSONEncoder, json.JSONDecoder, unittest.TestCase, unittest.TestResult):
-        spaces[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return spaces
 
+class Machinery:
+    """Records each watched namespace when first loaded (a meta path finder for those not loaded
+    yet, so the server need not import unittest), and says at the end what was replaced."""
 
-def _changes(spaces: dict, before: dict) -> list[str]:
-    """What was replaced or removed in the machinery since `before`."""
-    changed = [
-        f"{name}.{key} replaced"
-        for name, space in spaces.items()
-        for key, value in before[name].items()
-        if vars(space).get(key, _Sentinel) is not value
-    ]
-    modules = (name for name, space in spaces.items() if isinstance(space, type(builtins)))
-    return changed + [
-        f"sys.modules[{name!r}] replaced"
-        for name in modules
-        if sys.modules.get(name) is not spaces[name]
-    ]
+    def __init__(self):
+        self.spaces: dict = {}
+        self.before: dict = {}
+        for name in WATCHED:
+            if name in sys.modules:
+                self.record(sys.modules[name])
+        sys.meta_path.insert(0, self)
+
+    def record(self, module) -> None:
+        names = WATCHED[module.__name__]
+        spaces = {module.__name__: module}
+        spaces.update((f"{module.__name__}.{name}", getattr(module, name)) for name in names)
+        self.spaces.update(spaces)
+        self.before.update((name, dict(vars(space))) for name, space in spaces.items())
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in WATCHED or name in self.spaces:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                self.record(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+    def changes(self) -> list[str]:
+        changed = [
+            f"{name}.{key} replaced"
+            for name, space in self.spaces.items()
+            for key, value in self.before[name].items()
+            if vars(space).get(key, _Sentinel) is not value
+        ]
+        return changed + [
+            f"sys.modules[{name!r}] replaced"
+            for name, space in self.spaces.items()
+            if name in WATCHED and sys.modules.get(name) is not space
+        ]
 
 
 def _reply(result) -> dict:
@@ -348,8 +389,7 @@ def solution_main() -> None:
 
     channel = Channel(int(sys.argv[4]), int(sys.argv[5]))
     config = channel.receive()
-    spaces = _machinery()
-    before = {name: dict(vars(space)) for name, space in spaces.items()}
+    machinery = Machinery()
     findings: list[str] = []
     _watch(config, findings)
     namespace = {"__name__": SOLUTION_MODULE, "__builtins__": builtins}
@@ -359,7 +399,7 @@ def solution_main() -> None:
     except BaseException as exc:  # noqa: BLE001 - report whatever the program raised
         if os.getpid() == server:
             sys.stdout.flush()
-            tampered = findings + _changes(spaces, before)
+            tampered = findings + machinery.changes()
             channel.send({"error": _describe(exc), "tampered": tampered})
         os._exit(0)
     if os.getpid() != server:  # a child the program forked came back into the harness
@@ -370,7 +410,7 @@ def solution_main() -> None:
         if "bye" in request:
             sys.stdout.flush()
             sys.stderr.flush()
-            channel.send({"tampered": findings + _changes(spaces, before)})
+            channel.send({"tampered": findings + machinery.changes()})
             os._exit(0)
         captured = io.StringIO()
         try:

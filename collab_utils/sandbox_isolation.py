@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import glob
 import importlib.util
 import itertools
 import logging
@@ -64,7 +66,8 @@ def _interpreter_roots() -> list[str]:
     return roots
 
 
-def bwrap_command(as_root: bool) -> list[str]:
+@functools.cache
+def bwrap_command(as_root: bool) -> tuple[str, ...]:
     """The bubblewrap command line up to the program to run."""
     command = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session"]
     command += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
@@ -89,15 +92,22 @@ def bwrap_command(as_root: bool) -> list[str]:
                 made.add(str(parent))
                 command += ["--perms", "0755", "--dir", str(parent)]
         command += ["--ro-bind", root, root]
-    for path in hidden_paths():
-        if any(path.startswith(root + "/") for root in ["/usr", *roots]) and os.path.isdir(path):
+    inside = [path for path in {*hidden_paths(), *sys.path} if _under(path, ["/usr", *roots])]
+    for path in inside:
+        if path in hidden_paths() and os.path.isdir(path):
             command += ["--tmpfs", path]
+    for pth in sorted(pth for path in inside for pth in glob.glob(f"{path}/__editable__*.pth")):
+        command += ["--ro-bind", "/dev/null", pth]  # finders for source trees the run cannot see
     command += ["--proc", "/proc", "--dev", "/dev"]
     for path in ("/dev/shm", "/tmp", WORK_DIR):
         command += ["--perms", "1777", "--size", str(TMPFS_LIMIT_MB << 20), "--tmpfs", path]
     command += ["--chdir", WORK_DIR, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
     command += ["--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", "/tmp"]
-    return [*command, "--setenv", "LANG", "C.UTF-8", "--"]
+    return (*command, "--setenv", "LANG", "C.UTF-8", "--")
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path.startswith(root + "/") for root in roots)
 
 
 @contextlib.contextmanager
