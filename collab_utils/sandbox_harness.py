@@ -2,8 +2,8 @@
 
 The sandbox starts this file's code as `python -I -c BOOT WIRE HARNESS tests`; the package itself
 is hidden inside the sandbox, so the file is never imported there. The test runner compiles the
-task's tests, starts the solution server as a fresh interpreter (`... SOURCE solution`), binds a
-proxy for every name the tests use that the solution defines, runs the tests and writes the one
+task's tests, starts the solution server as a fresh interpreter (`... solution`), binds a proxy
+for every name the tests use that the solution defines, runs the tests and writes the one
 verdict to a pipe only it holds. It never executes solution code: a call through a proxy sends
 plain data to the server and turns the plain data that comes back into new builtin values, so
 nothing the solution defines (a class, an `__eq__`, a patched module) exists in the runner.

@@ -43,7 +43,8 @@ _run_numbers = itertools.count()
 log = logging.getLogger(__name__)
 
 
-def hidden_paths() -> list[str]:
+@functools.cache
+def hidden_paths() -> tuple[str, ...]:
     """Host folders the solution must not see or open: hidden packages and the model cache."""
     paths = []
     for name in HIDDEN_MODULES:
@@ -51,7 +52,7 @@ def hidden_paths() -> list[str]:
         if spec is not None and spec.submodule_search_locations:
             paths.extend(os.path.realpath(path) for path in spec.submodule_search_locations)
     home = os.environ.get("COLLAB_UTILS_HOME") or Path.home() / ".cache" / "collab_utils"
-    return [*paths, os.path.realpath(home)]
+    return (*paths, os.path.realpath(home))
 
 
 def _interpreter_roots() -> list[str]:

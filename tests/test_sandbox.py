@@ -188,7 +188,9 @@ def test_a_correct_program_leaving_a_background_process_keeps_its_pass():
     token = str(secrets.randbelow(10**9))
     code = textwrap.dedent(
         f"""
-        import os, subprocess
+        import os
+
+        print("printed at import")
 
         def f():
             if os.fork() == 0:
@@ -201,7 +203,8 @@ def test_a_correct_program_leaving_a_background_process_keeps_its_pass():
         """
     )
     result = sandbox.run_tests(code, "def check(candidate):\n    assert candidate() == 1\n", "f")
-    assert (result.status, result.output) == ("passed", "still printed\n")
+    assert result.status == "passed"
+    assert sorted(result.output.splitlines()) == ["printed at import", "still printed"]
     assert processes_with(f"300.{token}") == []
 
 
