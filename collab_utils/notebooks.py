@@ -1,6 +1,6 @@
-"""Notebook housekeeping: clean copies for git, student copies for a course.
+"""Student copies of the notebooks for a course (outputs in git are nbstripout's job: `make`
+installs it as a git filter).
 
-    python -m collab_utils.notebooks strip notebooks/*.ipynb
     python -m collab_utils.notebooks student notebooks/ outputs/student/
 
 Exercises sit at the end of each stage notebook; their solutions are cells tagged `solution`.
@@ -37,11 +37,6 @@ def _clean(notebook: dict) -> dict:
     return notebook
 
 
-def strip(path: str | Path) -> Path:
-    """Remove outputs and execution counts in place."""
-    return _save(Path(path), _clean(_load(Path(path))))
-
-
 def student_copy(source: str | Path, target: str | Path) -> Path:
     """A copy without outputs and without the cells tagged `solution`."""
     notebook = _clean(_load(Path(source)))
@@ -74,18 +69,12 @@ def up_to_exercises(source: str | Path, target: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m collab_utils.notebooks")
     commands = parser.add_subparsers(dest="command", required=True)
-    strip_cmd = commands.add_parser("strip", help="remove outputs in place")
-    strip_cmd.add_argument("paths", nargs="+")
     student = commands.add_parser("student", help="write student copies (no solutions)")
     student.add_argument("source_dir")
     student.add_argument("target_dir")
     args = parser.parse_args(argv)
-    if args.command == "strip":
-        for path in args.paths:
-            strip(path)
-    else:
-        for path in sorted(Path(args.source_dir).glob("*.ipynb")):
-            print(student_copy(path, Path(args.target_dir) / path.name))
+    for path in sorted(Path(args.source_dir).glob("*.ipynb")):
+        print(student_copy(path, Path(args.target_dir) / path.name))
 
 
 if __name__ == "__main__":

@@ -26,11 +26,13 @@ from .users import AgendaUser, LLMUser
 
 
 def start(params_file: str | Path, overrides: list[str] | None = None) -> tuple[Params, RunFolder]:
-    """Load and validate params, create the run folder, set up plotting."""
+    """Load and validate params, create the run folder with the resolved params.yaml, set up
+    plotting. `overrides` as `config.load` takes them (a list, or one string from papermill)."""
     # transformers 5 renames gradient checkpointing; TRL still calls the old names (not ours)
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6")
     params = config.load(params_file, overrides)
     params.run_dir.mkdir(parents=True, exist_ok=True)
+    params.dump(params.run.params)  # a notebook run on its own records what it ran with
     plots.setup()
     return params, params.run
 

@@ -208,3 +208,18 @@ def test_case_study_notebook_runs_and_checks_fig6(tmp_path):
         for o in c.get("outputs", [])
     )  # fmt: skip
     assert "Fig. 6 ordering holds" in outputs
+
+
+def test_papermill_cli_takes_overrides_as_one_string(smoke_run, tmp_path):
+    """As a papermill user writes it: `-p overrides "reward.lam=1e-4"`."""
+    _, folder = smoke_run
+    shutil.copy(folder / "cache.sqlite", tmp_path / "cache.sqlite")  # generations are cached
+    overrides = f"reward.lam=1e-4 output_dir={tmp_path} cache_path={tmp_path / 'cache.sqlite'}"
+    notebook = config.project_root() / "notebooks" / "02_multiturn_reward.ipynb"
+    command = [sys.executable, "-m", "papermill", str(notebook), str(tmp_path / "out.ipynb")]
+    command += ["-p", "params_file", SMOKE, "-p", "overrides", overrides, "--cwd"]
+    command += [str(config.project_root())]
+    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    run = RunFolder(tmp_path / "smoke_lam0.0001")
+    assert config.load(run.params).reward.lam == 1e-4
+    assert (pd.read_parquet(run.futures).lam == 1e-4).all()

@@ -16,10 +16,10 @@ def test_prepare_writes_resolved_params_and_env(tmp_path, monkeypatch):
     params_file = tmp_path / "tiny.yaml"
     params_file.write_text(f"output_dir: {tmp_path / 'out'}\nreward:\n  lam: 1e-4\n")
     params = runs.prepare(params_file, ["seed=5"])
-    assert params.run_dir == tmp_path / "out" / "tiny"
+    assert params.run_dir == tmp_path / "out" / "tiny_seed5"
     resolved = yaml.safe_load(params.run.params.read_text())
     assert resolved["seed"] == 5 and resolved["reward"]["lam"] == 1e-4
-    assert resolved["run_name"] == "tiny"
+    assert resolved["run_name"] == "tiny_seed5"
     env = json.loads(params.run.env.read_text())
     assert env["packages"]["transformers"] == importlib.metadata.version("transformers")
     assert env["cpu_count"] == os.cpu_count() and env["python"] == platform.python_version()
@@ -55,3 +55,25 @@ def test_sweep_file_is_validated_before_any_run(tmp_path):
     _, overrides, names = runs.load_sweep(good)
     assert names == ["lam_lam0.0001", "lam_lam0.001"]
     assert overrides[1] == ["seed=3", "reward.lam=0.001", "run_name=lam_lam0.001"]
+
+
+def test_runs_with_different_overrides_get_their_own_folders(tmp_path):
+    placed = [f"output_dir={tmp_path}", f"cache_path={tmp_path / 'cache.sqlite'}"]
+    first = runs.prepare("params/smoke.yaml", [*placed, "reward.lam=1e-4"])
+    second = runs.prepare("params/smoke.yaml", [*placed, "reward.lam=2e-4", "seed=3"])
+    plain = runs.prepare("params/smoke.yaml", placed)
+    assert [p.run_name for p in (first, second, plain)] == [
+        "smoke_lam0.0001",
+        "smoke_lam0.0002_seed3",
+        "smoke",
+    ]
+    for params, lam in ((first, 1e-4), (second, 2e-4)):
+        assert config.load(params.run.params).reward.lam == lam
+    named = runs.prepare("params/smoke.yaml", [*placed, "reward.lam=1e-4", "run_name=mine"])
+    assert named.run_dir == tmp_path / "mine"
+
+
+def test_overrides_as_one_papermill_string():
+    params = config.load("params/smoke.yaml", "reward.lam=1e-4 seed=4")
+    assert (params.reward.lam, params.seed) == (1e-4, 4)
+    assert params.overrides == ["reward.lam=0.0001", "seed=4"]
