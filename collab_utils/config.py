@@ -154,6 +154,7 @@ class RewardParams:
     mu: float = 1.0
     token_turns: str = "window"  # the paper counts the whole window; "assistant": its turns only
     proactive_fraction: float = 0.5
+    fewshot_fraction: float = 0.0  # candidates shown simulate.FEWSHOT_MESSAGES first
     token_budget: int | None = None  # a future stops once its assistant tokens reach this
 
     def check(self, key: str) -> None:
@@ -165,6 +166,11 @@ class RewardParams:
             self.token_turns in TOKEN_TURNS, f"{key}.token_turns", f"must be one of {TOKEN_TURNS}"
         )
         _require(0 <= self.proactive_fraction <= 1, f"{key}.proactive_fraction", "in [0, 1]")
+        _require(
+            0 <= self.fewshot_fraction <= 1 - self.proactive_fraction,
+            f"{key}.fewshot_fraction",
+            "must be in [0, 1 - proactive_fraction]",
+        )
         _require(
             self.token_budget is None or self.token_budget >= 1,
             f"{key}.token_budget",
@@ -216,6 +222,7 @@ class TrainParams:
     quantize_4bit: str = "auto"
     report_to: str = "none"
     logging_steps: int = 1
+    sft_weight: float = 0.0  # > 0: DPO + this weight × NLL of the chosen reply (TRL "sft" loss)
 
     def check(self, key: str) -> None:
         for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps"):
@@ -226,6 +233,7 @@ class TrainParams:
         _require(self.epochs > 0, f"{key}.epochs", "must be > 0")
         _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16")
         _require(self.logging_steps >= 1, f"{key}.logging_steps", "must be >= 1")
+        _require(self.sft_weight >= 0, f"{key}.sft_weight", "must be >= 0")
         _require(
             self.quantize_4bit in ("auto", "yes", "no"),
             f"{key}.quantize_4bit",

@@ -48,6 +48,7 @@ def _turn(contexts, roles, params: Params) -> pd.DataFrame:
         roles.assistant,
         n=params.reward.n_candidates,
         proactive_fraction=params.reward.proactive_fraction,
+        fewshot_fraction=params.reward.fewshot_fraction,
         seed=params.seed,
         sampling=params.sampling(),
     )
@@ -56,7 +57,7 @@ def _turn(contexts, roles, params: Params) -> pd.DataFrame:
         candidates,
         assistant=roles.assistant,
         user=roles.user,
-        judge=roles.judge,
+        judge=roles.judge if params.reward.mu > 0 else None,  # μ = 0: no judge calls at all
         params=params,
     )
     return _rows_with_prompts(table, contexts)

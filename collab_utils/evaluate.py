@@ -146,3 +146,48 @@ def qa_table(qa_tasks, systems: dict, *, seed: int, sampling: Sampling) -> pd.Da
     accuracy = table.pivot_table(index="system", columns="ambiguous", values="correct", sort=False)
     accuracy = accuracy.rename(columns={True: "clarify_when_ambiguous", False: "answer_when_clear"})
     return table, accuracy
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of `values` with a percentile bootstrap interval over items (NaNs dropped)."""
+    import numpy as np
+
+    data = np.asarray([v for v in values if not pd.isna(v)], dtype=float)
+    if len(data) == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(n_boot, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(data.mean()), "low": float(low), "high": float(high), "n": len(data)}
+
+
+def ask_metrics(transcripts: pd.DataFrame, tasks, *, seed: int = 0) -> dict:
+    """Issue 13's three metrics per system, each with a 95% bootstrap interval over items, from
+    the held-out conversations: clarify-when-ambiguous and answer-when-clear of the first reply
+    (`metrics.clarify_or_answer`), and the accuracy of the final answer (`task_success`, which
+    for story tasks is the final answer's correctness for the user's intent). Only qa tasks
+    with a clarify/answer reference count; {} when there are none."""
+    labels = {t.id: t.reference for t in tasks if t.kind == "qa"}
+    rows = transcripts[transcripts["task_id"].isin(labels)]
+    result = {}
+    for system, group in rows.groupby("system", sort=False):
+        moves = group["first_reply"].map(metrics.clarify_or_answer)
+        wanted = group["task_id"].map(labels)
+        ambiguous = wanted == "clarify"
+        result[system] = {
+            "clarify_when_ambiguous": bootstrap_ci(
+                (moves[ambiguous] == "clarify").astype(float), seed=seed
+            ),
+            "answer_when_clear": bootstrap_ci(
+                (moves[~ambiguous] == "answer").astype(float), seed=seed
+            ),
+            "final_answer_accuracy": bootstrap_ci(group["task_success"], seed=seed),
+            "final_answer_accuracy_ambiguous": bootstrap_ci(
+                group.loc[ambiguous, "task_success"], seed=seed
+            ),
+            "final_answer_accuracy_clear": bootstrap_ci(
+                group.loc[~ambiguous, "task_success"], seed=seed
+            ),
+        }
+    return result

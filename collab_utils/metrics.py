@@ -207,6 +207,10 @@ def answer_score(task: Task, text: str) -> float:
 
 def task_success(task: Task, window: list[dict]) -> float:
     """R_ext of a future: the score of its final answer (qa: of its first reply), else 0."""
+    if task.kind == "qa" and task.metadata.get("intents"):  # stories: the final answer's
+        from collab_utils import stories  # correctness for the user's intent (issue 13)
+
+        return stories.final_correctness(task, window)
     if task.kind == "qa":
         return answer_score(task, window[0]["content"])
     answer = final_answer(task, window)

@@ -42,6 +42,11 @@ def task_splits(params: Params) -> tuple[list, list]:
     loaded = tasks.load(params.tasks.source, params.tasks.format)
     if params.tasks.limit is not None:
         loaded = loaded[: params.tasks.limit]
+    marks = [task.metadata.get("split") for task in loaded]
+    if loaded and set(marks) <= {"train", "heldout"}:  # a set split by template (stories)
+        return [t for t in loaded if t.metadata["split"] == "train"], [
+            t for t in loaded if t.metadata["split"] == "heldout"
+        ]
     return tasks.split(loaded, params.tasks.holdout_fraction, params.seed)
 
 

@@ -107,10 +107,39 @@ def with_system(messages: list[dict], prompt: str) -> list[dict]:
     return [{"role": "system", "content": prompt}, *messages]
 
 
-def candidate_kinds(n: int, proactive_fraction: float) -> list[str]:
-    """`n` kinds: plain first, then round(n * proactive_fraction) proactive ones."""
+# Few-shot candidates (issue 13): the same model shown two short exchanges first, one where
+# the question was ambiguous and it asked, one where it was clear and it answered. Hand-written,
+# not from any story template; the pair prompt never contains them (like the proactive prompt).
+FEWSHOT_MESSAGES = [
+    {
+        "role": "user",
+        "content": "Tom and Sam fixed the old fence. Tom painted the fence green. Sam painted "
+        "the gate white.\n\nWhat color did he paint?",
+    },
+    {"role": "assistant", "content": "Do you mean Tom or Sam?"},
+    {
+        "role": "user",
+        "content": "Lucy has two cats, Tiger and Snow. Tiger sleeps on the sofa. Snow sleeps on "
+        "the bed.\n\nWhere does Snow sleep?",
+    },
+    {"role": "assistant", "content": "Snow sleeps on the bed."},
+]
+
+
+def candidate_kinds(n: int, proactive_fraction: float, fewshot_fraction: float = 0.0) -> list[str]:
+    """`n` kinds: plain first, then round(n * proactive_fraction) proactive ones, then
+    round(n * fewshot_fraction) few-shot ones."""
     n_proactive = round(n * proactive_fraction)
-    return ["plain"] * (n - n_proactive) + ["proactive"] * n_proactive
+    n_fewshot = min(round(n * fewshot_fraction), n - n_proactive)
+    n_plain = n - n_proactive - n_fewshot
+    return ["plain"] * n_plain + ["proactive"] * n_proactive + ["fewshot"] * n_fewshot
+
+
+def with_fewshot(messages: list[dict]) -> list[dict]:
+    """`messages` after the few-shot exchanges (after a system message, if any)."""
+    if messages and messages[0]["role"] == "system":
+        return [messages[0], *FEWSHOT_MESSAGES, *messages[1:]]
+    return [*FEWSHOT_MESSAGES, *messages]
 
 
 def generate_candidates(
@@ -121,14 +150,17 @@ def generate_candidates(
     proactive_fraction: float,
     seed: int,
     sampling: Sampling,
+    fewshot_fraction: float = 0.0,
 ) -> list[list[Candidate]]:
-    """`n` candidates per context, plain and proactive-prompted, in one batched call."""
+    """`n` candidates per context, plain, proactive-prompted and few-shot, in one batched call."""
     requests, seeds, slots = [], [], []
     for context in contexts:
-        for index, kind in enumerate(candidate_kinds(n, proactive_fraction)):
+        for index, kind in enumerate(candidate_kinds(n, proactive_fraction, fewshot_fraction)):
             messages = context.messages
             if kind == "proactive":
                 messages = with_system(messages, PROACTIVE_SYSTEM_PROMPT)
+            if kind == "fewshot":
+                messages = with_fewshot(messages)
             requests.append(messages)
             seeds.append(derive_seed(seed, context.task.id, context.turn, index, "candidate"))
             slots.append((index, kind))

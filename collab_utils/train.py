@@ -104,6 +104,9 @@ def train_dpo(
         learning_rate=train_params.learning_rate,
         num_train_epochs=train_params.epochs,
         beta=train_params.beta,
+        # sft_weight > 0: RPO-style DPO + NLL on the MR-chosen reply, TRL's own loss mix
+        loss_type=["sigmoid", "sft"] if train_params.sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, train_params.sft_weight] if train_params.sft_weight > 0 else None,
         max_length=train_params.max_length,
         gradient_checkpointing=train_params.gradient_checkpointing,
         # TRL defaults to bf16 autocast, also on CPU; float32 there, bf16 on CUDA.

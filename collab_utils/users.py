@@ -66,7 +66,19 @@ class AgendaUser:
         self.bleu_threshold = bleu_threshold
 
     def respond(self, items: list[tuple[Task, list[dict], int]]) -> list[UserTurn]:
-        return [self.reply(task, user_view(history)) for task, history, _seed in items]
+        return [
+            self._story(task, user_view(history), seed)
+            if task.metadata.get("intents")
+            else self.reply(task, user_view(history))
+            for task, history, seed in items
+        ]
+
+    @staticmethod
+    def _story(task: Task, history: list[dict], seed: int) -> UserTurn:
+        """Story qa (issue 13): knows what it meant, not the answer; `stories.user_reply`."""
+        from .stories import user_reply
+
+        return UserTurn(*user_reply(task, history, seed))
 
     def reply(self, task: Task, history: list[dict]) -> UserTurn:
         assistant_turns = [m["content"] for m in history if m["role"] == "assistant"]
