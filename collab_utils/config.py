@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
+import reprlib
 import shlex
 import types
 import typing
@@ -62,7 +64,7 @@ class ModelSpec:
         _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         _require(self.concurrency >= 1, f"{key}.concurrency", "must be >= 1")
         _require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
-        _require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+        _require(0 < self.timeout_s <= 86400, f"{key}.timeout_s", "must be in (0, 86400]")
         if self.backend == "openai":
             _require(bool(self.base_url), f"{key}.base_url", "is required for backend openai")
             urls = [self.base_url] if isinstance(self.base_url, str) else self.base_url
@@ -126,7 +128,7 @@ class GenerationParams:
     def check(self, key: str) -> None:
         for name in ("max_new_tokens", "user_max_new_tokens", "judge_max_new_tokens"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _require(self.temperature >= 0, f"{key}.temperature", "must be >= 0")
+        _require(0 <= self.temperature <= 10, f"{key}.temperature", "must be in [0, 10]")
         _require(0 < self.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
 
 
@@ -162,6 +164,7 @@ class RewardParams:
         _require(self.n_samples >= 1, f"{key}.n_samples", "must be >= 1")
         _require(self.window >= 0, f"{key}.window", "must be >= 0")
         _require(self.lam is None or self.lam >= 0, f"{key}.lam", "must be >= 0 or null")
+        _require(self.mu >= 0, f"{key}.mu", "must be >= 0")
         _require(
             self.token_turns in TOKEN_TURNS, f"{key}.token_turns", f"must be one of {TOKEN_TURNS}"
         )
@@ -202,6 +205,9 @@ class PairParams:
         _require(self.max_turns >= 1, f"{key}.max_turns", "must be >= 1")
         _require(self.min_gap >= 0, f"{key}.min_gap", "must be >= 0")
         _require(self.pairs_per_turn >= 1, f"{key}.pairs_per_turn", "must be >= 1")
+        _require(
+            self.path_lam is None or self.path_lam >= 0, f"{key}.path_lam", "must be >= 0 or null"
+        )
 
 
 @dataclass
@@ -229,8 +235,8 @@ class TrainParams:
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _require(0 <= self.lora_dropout < 1, f"{key}.lora_dropout", "must be in [0, 1)")
         _require(self.beta > 0, f"{key}.beta", "must be > 0")
-        _require(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
-        _require(self.epochs > 0, f"{key}.epochs", "must be > 0")
+        _require(0 < self.learning_rate <= 1, f"{key}.learning_rate", "must be in (0, 1]")
+        _require(0 < self.epochs <= 1000, f"{key}.epochs", "must be in (0, 1000]")
         _require(self.max_length >= 16, f"{key}.max_length", "must be >= 16")
         _require(self.logging_steps >= 1, f"{key}.logging_steps", "must be >= 1")
         _require(self.sft_weight >= 0, f"{key}.sft_weight", "must be >= 0")
@@ -276,6 +282,11 @@ class Params:
             bool(re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name)),
             "run_name",
             "must be letters, digits, '.', '_' or '-'",
+        )
+        _require(
+            self.run_name.strip(".") != "",
+            "run_name",
+            f"{self.run_name!r} names the output folder itself or its parent",
         )
 
     def sampling(self, role: str = "assistant") -> Sampling:
@@ -326,7 +337,22 @@ class _KeyError(Exception):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `5e-4` as a string; scientific notation without a dot is a float here."""
+    """YAML 1.1 reads `5e-4` as a string; scientific notation without a dot is a float here.
+
+    Aliases (`*name`) are refused as soon as they are read: a few hundred bytes of nested
+    aliases expand to gigabytes (an "alias bomb"), and a params file never needs them.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"YAML aliases (*{event.anchor}) are not allowed in params and sweep files",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -339,6 +365,37 @@ _Loader.add_implicit_resolver(
 def parse_value(text: str):
     """A `--set` value: YAML scalar syntax (`1e-4`, `true`, `null`, `[1, 2]`)."""
     return yaml.load(text, Loader=_Loader)
+
+
+def read_yaml(file: Path, what: str = "params file"):
+    """The YAML data of `file`, or `ParamsError` naming it: missing, a directory, empty, binary,
+    not UTF-8, not valid YAML, or using aliases."""
+    if file.is_dir():
+        raise ParamsError(f"{file}: is a directory, not a {what}")
+    if not file.is_file():
+        raise ParamsError(f"{file}: {what} not found")
+    data = file.read_bytes()
+    if not data.strip():
+        raise ParamsError(f"{file}: the {what} is empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ParamsError(f"{file}: the {what} is UTF-16 text; save it as UTF-8")
+    if b"\x00" in data:
+        raise ParamsError(f"{file}: the {what} is a binary file (it holds NUL bytes), not YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ParamsError(
+            f"{file}: line {line}: the {what} is not UTF-8 text (byte {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ParamsError(f"{file}:{where} not valid YAML: {problem}") from None
 
 
 def project_root() -> Path:
@@ -367,17 +424,12 @@ def load(path: str | Path, overrides: list[str] | str | dict | None = None) -> P
     runs with different overrides never share a folder.
     """
     file = resolve_path(path)
-    if not file.is_file():
-        raise ParamsError(f"{file}: params file not found")
-    try:
-        raw = yaml.load(file.read_text(), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise ParamsError(f"{file}:{where} not valid YAML: {exc}") from None
+    raw = read_yaml(file)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ParamsError(f"{file}: expected a mapping of keys at the top level")
+        raise ParamsError(
+            f"{file}: expected a mapping of keys at the top level, got {_describe(raw)}"
+        )
     items = _override_items(overrides, file)
     raw.setdefault("run_name", derived_run_name(file.stem, items))
     for key, value in items:
@@ -413,7 +465,11 @@ def _override_items(overrides, file: Path) -> list[tuple[str, object]]:
         key, sep, value = str(item).partition("=")
         if not sep or not key.strip():
             raise ParamsError(f"{file}: override '{item}' is not key=value")
-        items.append((key.strip(), parse_value(value)))
+        try:
+            items.append((key.strip(), parse_value(value)))
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise ParamsError(f"{file}: override '{item}': {problem}") from None
     return items
 
 
@@ -463,7 +519,13 @@ def _convert(hint, value, key: str):
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise _KeyError(key, f"must be a finite number, got {_describe(value)}")
+            return number
         if option is str and isinstance(value, str):
             return value
     raise _KeyError(key, f"expected {_name(options)}, got {_describe(value)}")
@@ -473,5 +535,10 @@ def _name(options) -> str:
     return " or ".join(o.__name__ for o in options if o is not type(None))
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 80, 80, 40
+
+
 def _describe(value) -> str:
-    return f"{type(value).__name__} {value!r}"
+    """The type and a bounded repr of `value` (never expands a huge or deeply nested value)."""
+    return f"{type(value).__name__} {_REPR.repr(value)}"
