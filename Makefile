@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 endif
 
-.PHONY: setup demo test lint format bench student lab clean
+.PHONY: setup demo experiment test lint format bench student lab clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -34,6 +34,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(PY) -m collab_utils run params/quickstart.yaml
+
+# Issue 13: the embedded model learns to ask when asking pays off (params/ask_laptop.yaml), then
+# the window ablation (params/sweeps/ask_window.yaml, w = 0/1/2) and notebook 06 on it.
+experiment: setup
+	$(PY) -m collab_utils.ask_experiment params/ask_laptop.yaml
+	$(PY) -m collab_utils.ask_experiment --sweep params/sweeps/ask_window.yaml
 
 lint: setup
 	$(PY) -m ruff check .

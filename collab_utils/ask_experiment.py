@@ -1,6 +1,7 @@
 """Issue 13's experiment without the notebooks: data generation, pairs, training, evaluation.
 
     python -m collab_utils.ask_experiment params/ask_laptop.yaml [--set reward.window=0 ...]
+    python -m collab_utils.ask_experiment --sweep params/sweeps/ask_window.yaml
 
 The same library calls as notebooks 03-05 (datagen.generate, pairs.build_pairs,
 train.train_dpo, evaluate.evaluate + evaluate.ask_metrics), writing the same run-folder
@@ -14,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 
-from . import datagen, evaluate, metrics, pairs, session, simulate, train
+from . import config, datagen, evaluate, metrics, pairs, runs, session, simulate, train
 from .io import write_json, write_parquet
+from .run_folder import SweepFolder
 
 
 def pair_kinds(pair_list: list[dict]) -> dict:
@@ -94,12 +97,35 @@ def run(params_file: str, overrides: list[str] | None = None) -> dict:
     return out
 
 
+def sweep(sweep_file: str) -> Path:
+    """Every run of a sweep file (`runs.load_sweep`), then notebook 06 on the sweep folder."""
+    base, overrides, names = runs.load_sweep(sweep_file)
+    run_dirs = {}
+    for name, override in zip(names, overrides):
+        out = run(str(base), override)
+        run_dirs[name] = str(config.load(base, override).run_dir)
+        _print(out)
+    first = config.load(base, overrides[0])
+    folder = SweepFolder(config.resolve_path(first.output_dir) / Path(sweep_file).stem)
+    write_json(folder.listing, {"sweep_file": str(sweep_file), "runs": run_dirs})
+    notebook = config.project_root() / "notebooks" / folder.notebook.name
+    runs.execute(notebook, folder.notebook, {"sweep_dir": str(folder.root)})
+    return folder.root
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("params_file")
+    parser.add_argument("params_file", nargs="?")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--sweep", help="a sweep file instead of one params file")
     args = parser.parse_args(argv)
-    out = run(args.params_file, args.overrides)
+    if args.sweep:
+        print(sweep(args.sweep))
+        return
+    _print(run(args.params_file, args.overrides))
+
+
+def _print(out: dict) -> None:
     table = pd.DataFrame(
         {
             system: {
