@@ -86,14 +86,19 @@ def evaluate(
         )
         conversations = [[*contexts[i].messages, *f.window] for i, f in enumerate(futures)]
         seeds = [derive_seed(seed, t.id, "eval", "itr") for t in tasks]
-        scores = judges.judge_interactivity(
-            judge,
-            [c.messages for c in contexts],
-            [f.window for f in futures],
-            [t.goal for t in tasks] if judging.sees_goal else None,
-            seeds=seeds,
-            max_new_tokens=judge_max_new_tokens,
-            reasons=judging.reasons,
+        scores = [judges.JudgeScore(None, False, "")] * len(tasks)  # no judge: ITR is NaN
+        scores = (
+            scores
+            if judge is None
+            else judges.judge_interactivity(
+                judge,
+                [c.messages for c in contexts],
+                [f.window for f in futures],
+                [t.goal for t in tasks] if judging.sees_goal else None,
+                seeds=seeds,
+                max_new_tokens=judge_max_new_tokens,
+                reasons=judging.reasons,
+            )
         )
         for task, future, conversation, score in zip(tasks, futures, conversations, scores):
             rows.append(
