@@ -204,7 +204,7 @@ def _judge(config: dict) -> dict:
         solution.tampered.extend(str(item)[:500] for item in ready.get("tampered", ()))
         detail = str(ready.get("error") or solution.fatal or "the solution server did not start")
         return _final(solution, {"status": "error", "detail": detail[:500]})
-    namespace = {"__name__": TESTS_MODULE, "__builtins__": builtins}
+    namespace = _module_namespace(TESTS_MODULE)
     namespace.update((name, solution.proxy(name)) for name in wanted if name in names)
     try:
         exec(tests, namespace)
@@ -222,6 +222,13 @@ def _judge(config: dict) -> dict:
         verdict.update(tests_total=1, tests_passed=0)
     solution.close()
     return _final(solution, verdict)
+
+
+def _module_namespace(name: str) -> dict:
+    """Globals of a module registered under `name`, so dataclasses and pickle can find it."""
+    module = sys.modules[name] = type(sys)(name)
+    module.__builtins__ = builtins
+    return vars(module)
 
 
 def _final(solution: Solution, verdict: dict) -> dict:
@@ -309,6 +316,8 @@ WATCHED = {
     "unittest.case": ("TestCase",),
     "unittest.result": ("TestResult",),
 }
+# A documented hook honest programs patch to serialize their own types; it cannot reach a verdict.
+UNWATCHED = {"json.encoder.JSONEncoder.default"}
 
 
 class Machinery:
@@ -349,7 +358,7 @@ class Machinery:
             f"{name}.{key} replaced"
             for name, space in self.spaces.items()
             for key, value in self.before[name].items()
-            if vars(space).get(key, _Sentinel) is not value
+            if vars(space).get(key, _Sentinel) is not value and f"{name}.{key}" not in UNWATCHED
         ]
         return changed + [
             f"sys.modules[{name!r}] replaced"
@@ -392,7 +401,7 @@ def solution_main() -> None:
     machinery = Machinery()
     findings: list[str] = []
     _watch(config, findings)
-    namespace = {"__name__": SOLUTION_MODULE, "__builtins__": builtins}
+    namespace = _module_namespace(SOLUTION_MODULE)
     server = os.getpid()
     try:
         exec(compile(config["code"], SOLUTION_FILE, "exec"), namespace)

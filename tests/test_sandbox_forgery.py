@@ -204,6 +204,38 @@ def test_a_forged_pass_scores_zero_and_is_recorded(results, index):
     assert (result.status == "tampered") == bool(result.tampered)
 
 
+def test_honest_introspection_is_not_tampering():
+    program = textwrap.dedent(
+        """
+        import collections, dataclasses, enum, inspect, logging, typing, unittest, warnings
+
+        Point = collections.namedtuple("Point", "x y")
+        T = typing.TypeVar("T")
+
+        @dataclasses.dataclass
+        class Box:
+            side: int
+
+        def task_func(x):
+            Color = enum.Enum("Color", "RED GREEN")
+            logging.getLogger("task").info("squaring %s", x)
+            warnings.warn("just saying", stacklevel=2)
+            depth = len(inspect.stack())
+            point = Point(x, Color.RED.value)
+            return Box(point.x).side * x + 0 * depth
+        """
+    )
+    for tests in (SQUARE_CHECK, SQUARE_UNITTEST):
+        result = sandbox.run_tests(program, tests, "task_func")
+        assert (result.status, result.tampered) == ("passed", ())
+
+
+def test_patching_the_json_encoders_documented_hook_is_not_tampering():
+    hook = "import json\njson.JSONEncoder.default = lambda self, o: str(o)\n"
+    result = sandbox.run_tests(hook + RIGHT, SQUARE_UNITTEST, "task_func")
+    assert (result.status, result.tampered) == ("passed", ())
+
+
 def test_tampering_scores_zero_even_with_a_correct_program():
     patch = "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n"
     result = sandbox.run_tests(patch + RIGHT, SQUARE_UNITTEST, "task_func")
