@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -76,7 +77,7 @@ def bwrap_command(as_root: bool) -> tuple[str, ...]:
     if as_root:  # privileged bubblewrap: the harness needs only the right to drop to its uid
         command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
-        command += ["--unshare-user", "--disable-userns"]
+        command += ["--unshare-user", *_if_supported("--disable-userns")]
     command += ["--ro-bind", "/usr", "/usr"]
     for path in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(path):
@@ -101,10 +102,21 @@ def bwrap_command(as_root: bool) -> tuple[str, ...]:
         command += ["--ro-bind", "/dev/null", pth]  # finders for source trees the run cannot see
     command += ["--proc", "/proc", "--dev", "/dev"]
     for path in ("/dev/shm", "/tmp", WORK_DIR):
-        command += ["--perms", "1777", "--size", str(TMPFS_LIMIT_MB << 20), "--tmpfs", path]
+        size = _if_supported("--size", str(TMPFS_LIMIT_MB << 20))
+        command += ["--perms", "1777", *size, "--tmpfs", path]
     command += ["--chdir", WORK_DIR, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
     command += ["--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", "/tmp"]
     return (*command, "--setenv", "LANG", "C.UTF-8", "--")
+
+
+@functools.cache
+def _bwrap_help() -> str:
+    return subprocess.run(["bwrap", "--help"], capture_output=True, text=True).stdout
+
+
+def _if_supported(option: str, *values: str) -> list[str]:
+    """`option` and its values when this bubblewrap knows it (--size: 0.7, --disable-userns: 0.8)."""
+    return [option, *values] if f"{option} " in _bwrap_help() else []
 
 
 def _under(path: str, roots: list[str]) -> bool:
