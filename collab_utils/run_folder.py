@@ -44,9 +44,23 @@ class RunFolder:
         """Versions, CPU, memory and GPU of the machine."""
         return self.root / "env.json"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the run using the folder; holds that run's PID."""
+        return self.root / ".lock"
+
     def notebook(self, stage: str) -> Path:
-        """The executed copy of a stage notebook (`stage` without `.ipynb`)."""
+        """The executed copy of a stage notebook (`stage` without `.ipynb`), present only once
+        the stage finished: it is executed under `running_notebook` and renamed at the end."""
         return self.root / f"{stage}.ipynb"
+
+    def running_notebook(self, stage: str) -> Path:
+        """A stage notebook while it executes (hidden: reports and globs never pick it up)."""
+        return self.root / f".{stage}.running.ipynb"
+
+    def failed_notebook(self, stage: str) -> Path:
+        """The executed copy of a stage that failed, up to the failing cell."""
+        return self.root / f"failed_{stage}.ipynb"
 
     def generations(self, stage: str) -> Path:
         """How many generations a stage sent to a model, per role."""

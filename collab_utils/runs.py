@@ -9,15 +9,17 @@ figures to `outputs/<run_name>/`. A failing stage stops the run and names the no
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import itertools
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from . import config, report
@@ -50,6 +52,41 @@ PACKAGES = (
 
 class StageError(RuntimeError):
     """A stage notebook failed; the message names the notebook, the cell and the error."""
+
+
+class RunLocked(StageError):
+    """Another process is using the run folder; the message names its PID."""
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path):
+    """Hold the run folder's lock (an flock on `<run>/.lock`, which records the PID).
+
+    A second run of the same folder raises `RunLocked` naming the first one's PID. The kernel
+    releases the lock when its process dies, so a run killed with `kill -9` leaves a file
+    whose lock the next run takes over.
+    """
+    run = RunFolder(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLocked(
+                f"{run.root} is in use by another run (PID {holder}); wait for it to finish "
+                f"or stop it (kill {holder}), then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield run
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def environment() -> dict:
@@ -126,14 +163,22 @@ def stage_notebooks() -> list[Path]:
 
 
 def execute(notebook: Path, executed: Path, parameters: dict) -> Path:
-    """Run one notebook headless with papermill; a failure names the notebook and the cell."""
+    """Run one notebook headless with papermill; a failure names the notebook and the cell.
+
+    The notebook executes under a hidden name (`.<stage>.running.ipynb`) and takes its final
+    name only once every cell ran, so a killed run never leaves a half-run notebook under the
+    final name; a failed one is kept as `failed_<stage>.ipynb`.
+    """
     import papermill
 
+    executed = Path(executed)
     executed.parent.mkdir(parents=True, exist_ok=True)
+    running = executed.with_name(f".{executed.stem}.running.ipynb")
+    failed = executed.with_name(f"failed_{executed.stem}.ipynb")
     try:
         papermill.execute_notebook(
             str(notebook),
-            str(executed),
+            str(running),
             parameters=parameters,
             cwd=str(config.project_root()),
             progress_bar=False,
@@ -143,26 +188,34 @@ def execute(notebook: Path, executed: Path, parameters: dict) -> Path:
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except papermill.PapermillExecutionError as exc:
+        os.replace(running, failed)
         raise StageError(
             f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
-            f"(executed copy: {executed})"
+            f"(executed copy: {failed})"
         ) from None
+    os.replace(running, executed)
+    failed.unlink(missing_ok=True)
     return executed
 
 
 def run(params_file: str | Path, overrides: list[str] | None = None) -> Path:
-    """Execute every existing stage notebook in order into the run folder."""
-    params = prepare(params_file, overrides)
-    run = params.run
+    """Execute every existing stage notebook in order into the run folder.
+
+    The run folder is locked for the whole run (`locked`): a second run of the same run_name
+    stops at once with `RunLocked`, naming the PID of the first.
+    """
     notebooks = stage_notebooks()
     if not notebooks:
         raise StageError(f"no stage notebooks in {config.project_root() / 'notebooks'}")
-    executed = [run.notebook(n.stem) for n in notebooks]
-    for notebook, copy in zip(
-        tqdm(notebooks, desc=f"run {params.run_name}", unit="stage"), executed
-    ):
-        execute(notebook, copy, {"params_file": str(run.params), "overrides": []})
-    report.build(run.root, executed)
+    with locked(config.load(params_file, overrides).run_dir):
+        params = prepare(params_file, overrides)
+        run = params.run
+        executed = [run.notebook(n.stem) for n in notebooks]
+        for notebook, copy in zip(
+            tqdm(notebooks, desc=f"run {params.run_name}", unit="stage"), executed
+        ):
+            execute(notebook, copy, {"params_file": str(run.params), "overrides": []})
+        report.build(run.root, executed)
     return run.root
 
 
@@ -204,28 +257,57 @@ def load_sweep(sweep_file: str | Path) -> tuple[Path, list[list[str]], list[str]
     Every run's parameters are validated before the first run starts.
     """
     file = config.resolve_path(sweep_file)
-    if not file.is_file():
-        raise config.ParamsError(f"{file}: sweep file not found")
-    spec = yaml.load(file.read_text(), Loader=config._Loader) or {}
+    spec = config.read_yaml(file, "sweep file")
+    if not isinstance(spec, dict):
+        raise config.ParamsError(
+            f"{file}: a sweep file is a mapping with keys {SWEEP_KEYS}, "
+            f"got {config._describe(spec)}"
+        )
     unknown = set(spec) - set(SWEEP_KEYS)
     if unknown:
         raise config.ParamsError(
-            f"{file}: unknown sweep keys {sorted(unknown)}; known: {SWEEP_KEYS}"
+            f"{file}: unknown sweep keys {sorted(map(str, unknown))}; known: {SWEEP_KEYS}"
         )
     if "base" not in spec or not isinstance(spec.get("vary"), dict) or not spec["vary"]:
         raise config.ParamsError(
             f"{file}: a sweep needs 'base' (a params file) and 'vary' (a mapping)"
         )
+    if not isinstance(spec["base"], str) or not spec["base"].strip():
+        raise config.ParamsError(
+            f"{file}: key 'base': expected the path of a params file, "
+            f"got {config._describe(spec['base'])}"
+        )
     base = config.resolve_path(spec["base"])
-    shared = [str(item) for item in spec.get("set") or []]
+    shared = spec.get("set") or []
+    if not isinstance(shared, list) or not all(isinstance(item, str) for item in shared):
+        raise config.ParamsError(
+            f"{file}: key 'set': expected a list of 'key=value' strings, "
+            f"got {config._describe(shared)}"
+        )
     for key, values in spec["vary"].items():
+        if not isinstance(key, str):
+            raise config.ParamsError(f"{file}: vary key {key!r} is not a dotted params key")
+        if key == "run_name":
+            raise config.ParamsError(
+                f"{file}: vary 'run_name': a sweep names each run <sweep>_<values> itself"
+            )
         if not isinstance(values, list) or not values:
             raise config.ParamsError(f"{file}: vary '{key}' needs a non-empty list of values")
+        texts = [str(v) for v in values]  # the override each value becomes
+        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        if repeated:
+            raise config.ParamsError(
+                f"{file}: vary '{key}' repeats {', '.join(repeated)}: list each value once"
+            )
     keys = list(spec["vary"])
     runs, names = [], []
     for combo in itertools.product(*(spec["vary"][k] for k in keys)):
         label = "_".join(f"{k.split('.')[-1]}{v}" for k, v in zip(keys, combo))
-        name = f"{file.stem}_{label}"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{file.stem}_{label}")
+        if name in names:
+            raise config.ParamsError(
+                f"{file}: two runs would share the name {name}; make the values distinct"
+            )
         overrides = [*shared, *(f"{k}={v}" for k, v in zip(keys, combo)), f"run_name={name}"]
         try:
             config.load(base, overrides)

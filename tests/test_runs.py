@@ -77,3 +77,49 @@ def test_overrides_as_one_papermill_string():
     params = config.load("params/smoke.yaml", "reward.lam=1e-4 seed=4")
     assert (params.reward.lam, params.seed) == (1e-4, 4)
     assert params.overrides == ["reward.lam=0.0001", "seed=4"]
+
+
+# --- bad sweep files (issue 18 item 5)
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"- base: x\n- vary: {}\n", "a sweep file is a mapping"),
+        (b"5\n", "got int 5"),
+        (b"base: [1\n", "not valid YAML"),
+        (b"", "the sweep file is empty"),
+        (b"\x00\x01binary", "binary"),
+        ("base: x\n".encode("utf-16"), "UTF-16"),
+        (b"base: caf\xe9\n", "not UTF-8"),
+        (b"a: &a [1, 2]\nbase: *a\n", "aliases"),
+        (b"base: [a]\nvary: {seed: [1]}\n", "key 'base'"),
+        (b"base: SMOKE\nset: seed=1\nvary: {seed: [1]}\n", "key 'set'"),
+        (b"base: SMOKE\nvary: {seed: [1, 2, 1]}\n", "repeats 1: list each value once"),
+        (b"base: SMOKE\nvary: {reward.lam: [1.0e-4, 0.0001]}\n", "repeats"),
+        (b"base: SMOKE\nvary: {reward.mu: [.nan]}\n", "'reward.mu'"),
+        (b"base: SMOKE\nvary: {run_name: [..]}\n", "'run_name'"),
+    ],
+)
+def test_bad_sweep_files_are_named_errors(tmp_path, content, words):
+    smoke = str(config.project_root() / "params" / "smoke.yaml").encode()
+    path = tmp_path / "sw.yaml"
+    path.write_bytes(content.replace(b"SMOKE", smoke))
+    with pytest.raises(config.ParamsError, match="sw.yaml") as info:
+        runs.load_sweep(path)
+    assert words in str(info.value)
+
+
+def test_a_sweep_directory_is_named(tmp_path):
+    with pytest.raises(config.ParamsError, match="is a directory, not a sweep file"):
+        runs.load_sweep(tmp_path)
+
+
+def test_cli_names_a_bad_sweep_file_without_a_traceback(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_utils", "sweep", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "list.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
