@@ -9,6 +9,7 @@ scripts (nbconvert's and plotly's, from a CDN) are left out, so equations show a
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def drop_repeated_plotly_bundles(cells) -> None:
         cell["outputs"] = kept
 
 
+def _text(name: str) -> str:
+    """`name` as literal text in a markdown cell: HTML and markdown syntax escaped."""
+    return re.sub(r"([\\`*_\[\]#!|~])", r"\\\1", html.escape(name))
+
+
 def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     """Write <run_dir>/report.html from the executed stage notebooks of the run folder."""
     import nbformat
@@ -53,11 +59,11 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     if not notebooks:
         raise FileNotFoundError(f"{run_dir}: no executed notebooks to report")
     merged = nbformat.v4.new_notebook()
-    merged.cells.append(nbformat.v4.new_markdown_cell(f"# CollabLLM run `{run_dir.name}`"))
+    merged.cells.append(nbformat.v4.new_markdown_cell(f"# CollabLLM run {_text(run_dir.name)}"))
     for path in notebooks:
         notebook = nbformat.reads(Path(path).read_text(), as_version=4)
         merged.metadata = merged.metadata or notebook.metadata
-        merged.cells.append(nbformat.v4.new_markdown_cell(f"# Stage: {Path(path).stem}"))
+        merged.cells.append(nbformat.v4.new_markdown_cell(f"# Stage: {_text(Path(path).stem)}"))
         merged.cells.extend(notebook.cells)
     drop_repeated_plotly_bundles(merged.cells)
     merged.metadata.pop("widgets", None)  # progress bars: text is enough, no widget manager
