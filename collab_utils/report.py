@@ -5,10 +5,17 @@ nbconvert. Each notebook carries its own copy of plotly.js (about 4.8 MB); the p
 first and drops the others, so it works offline at the size of one copy. The page loads
 nothing from the network: require.js and the widget manager are not needed, and the MathJax
 scripts (nbconvert's and plotly's, from a CDN) are left out, so equations show as LaTeX source.
+
+Text from task files and models reaches the page escaped (chatview, pandas, plotly all escape).
+As a second wall the page carries a Content-Security-Policy that lets only the scripts the
+report itself needs run (plotly.js, the figures, nbconvert's own), by hash: an event handler
+(`onerror=`), a `javascript:` link or a `<script>` that slipped into an output does not run.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import re
 from pathlib import Path
@@ -18,6 +25,40 @@ from .run_folder import RunFolder
 
 NO_SCRIPT = "data:text/javascript,"
 REMOTE_SCRIPT = re.compile(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>')
+EMPTY_SCRIPT = re.compile(r'<script[^>]*\ssrc="data:text/javascript,"[^>]*>\s*</script>')
+INLINE_SCRIPT = re.compile(r"<script(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.DOTALL)
+# What the report's own scripts begin with: plotly.js, its config, each figure, and the
+# scripts of nbconvert's lab template (MathJax config, mermaid diagrams).
+OWN_SCRIPTS = (
+    "/**\n* plotly.js v",
+    "window.PlotlyConfig",
+    "window.PLOTLYENV",
+    "if (window.MathJax",
+    "init_mathjax",
+    'document.addEventListener("DOMContentLoaded", async () => {\n    const diagrams',
+)
+
+
+NONE = "'none'"
+
+
+def with_csp(page: str) -> str:
+    """`page` with a Content-Security-Policy allowing only the report's own scripts."""
+    page = EMPTY_SCRIPT.sub("", REMOTE_SCRIPT.sub("", page))
+    hashes = []
+    for match in INLINE_SCRIPT.finditer(page):
+        if "src=" in match["attrs"] or not match["body"].lstrip().startswith(OWN_SCRIPTS):
+            continue
+        digest = hashlib.sha256(match["body"].encode()).digest()
+        hashes.append(f"'sha256-{base64.b64encode(digest).decode()}'")
+    policy = (
+        f"script-src {' '.join(dict.fromkeys(hashes)) or NONE}; "
+        "object-src 'none'; base-uri 'none'; form-action 'none'; frame-src 'none'"
+    )
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{policy}"/>'
+    return page.replace("<head>", f"<head>\n{meta}", 1)
+
+
 PLOTLY_BUNDLE = "* plotly.js v"  # the banner of the library that the notebook renderer inlines
 
 
@@ -69,4 +110,4 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     merged.metadata.pop("widgets", None)  # progress bars: text is enough, no widget manager
     exporter = HTMLExporter(template_name="lab", require_js_url=NO_SCRIPT, mathjax_url=NO_SCRIPT)
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": run_dir.name}})
-    return write_text(run.report, REMOTE_SCRIPT.sub("", body))
+    return write_text(run.report, with_csp(body))

@@ -139,3 +139,39 @@ def test_hostile_text_in_a_real_report_runs_no_script_in_chromium(tmp_path):
         assert text.count(shown) >= 2, shown  # the chat bubbles, the table, the printed line
     assert GOAL in text
     assert "onerror" in svg or "bold?" in svg  # the figure shows the text, not a tag
+
+
+def test_the_report_policy_stops_markup_that_slipped_through(tmp_path):
+    """Second wall: raw HTML in an output (a builder that forgot to escape) runs nothing."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    run = tmp_path / "run"
+    run.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("leak()")
+    raw = (
+        f"<div>{ID}</div><script>window.__pwned = 7</script>"
+        '<a id="go" href="javascript:window.__pwned=8">go</a>'
+        '<svg><image href="x" onerror="window.__pwned=9"/></svg>'
+    )
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/html": raw, "text/plain": "leak"})
+    ]
+    notebook.cells = [cell]
+    nbformat.write(notebook, run / "01_user_simulator.ipynb")
+    page_file = report.build(run)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.goto(page_file.as_uri(), wait_until="load")
+        page.click("#go")
+        page.wait_for_timeout(300)
+        pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
+        browser.close()
+    assert pwned is None
