@@ -107,10 +107,16 @@ def with_system(messages: list[dict], prompt: str) -> list[dict]:
     return [{"role": "system", "content": prompt}, *messages]
 
 
-# Few-shot candidates (issue 13): the same model shown two short exchanges first, one where
-# the question was ambiguous and it asked, one where it was clear and it answered. Hand-written,
+# Few-shot candidates (issue 13): the same model shown three short exchanges first: one clear
+# question it answered, then two ambiguous ones where it asked. Hand-written,
 # not from any story template; the pair prompt never contains them (like the proactive prompt).
 FEWSHOT_MESSAGES = [
+    {
+        "role": "user",
+        "content": "Lucy has two cats, Tiger and Snow. Tiger sleeps on the sofa. Snow sleeps on "
+        "the bed.\n\nWhere does Snow sleep?",
+    },
+    {"role": "assistant", "content": "Snow sleeps on the bed."},
     {
         "role": "user",
         "content": "Tom and Sam fixed the old fence. Tom painted the fence green. Sam painted "
@@ -119,10 +125,10 @@ FEWSHOT_MESSAGES = [
     {"role": "assistant", "content": "Do you mean Tom or Sam?"},
     {
         "role": "user",
-        "content": "Lucy has two cats, Tiger and Snow. Tiger sleeps on the sofa. Snow sleeps on "
-        "the bed.\n\nWhere does Snow sleep?",
+        "content": "Two jars stood on the shelf, a tall one and a short one. The tall jar held "
+        "rice. The short jar held sugar.\n\nWhat was in the jar?",
     },
-    {"role": "assistant", "content": "Snow sleeps on the bed."},
+    {"role": "assistant", "content": "Which jar do you mean, the tall one or the short one?"},
 ]
 
 

@@ -238,10 +238,16 @@ def user_reply(task: Task, history: list[dict], seed: int) -> tuple[str, bool]:
     return ACCEPT, True
 
 
+def _stem(answer: str) -> str:
+    """A plural's stem ('peaches' -> 'peac', 'plums' -> 'plum'), so 'a peach' counts."""
+    answer = answer.lower()
+    return answer[: max(4, len(answer) - 3)] if answer.endswith("s") else answer
+
+
 def answer_correct(text: str, intent: dict, answers: list[str]) -> float:
     """1.0 when the first of the story's answers the text mentions is the intent's answer."""
     lowered = text.lower()
-    found = [(lowered.find(a.lower()), a) for a in answers if a.lower() in lowered]
+    found = [(lowered.find(_stem(a)), a) for a in answers if _stem(a) in lowered]
     return float(bool(found) and min(found)[1] == intent["answer"])
 
 

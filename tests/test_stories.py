@@ -160,3 +160,26 @@ def test_smoke_recipe_pairs_hold_asking_and_answering(tmp_path):
     moves = {key.split("/")[-1] for key in out["pair_kinds"]}
     assert moves == {"clarify", "answer"}, out["pair_kinds"]
     assert json.loads((tmp_path / "ask_smoke" / "metrics.json").read_text())["intervals"]
+
+
+def test_ask_metrics_from_conversations_without_a_judge():
+    from collab_utils import evaluate
+
+    transcripts = evaluate.evaluate(
+        TASKS,
+        {"reader": Reader()},
+        user=AgendaUser(),
+        judge=None,
+        rounds=2,
+        seed=0,
+        sampling=config.Sampling(),
+    )
+    found = evaluate.ask_metrics(transcripts, TASKS)["reader"]
+    assert found["clarify_when_ambiguous"]["mean"] == 0.0  # the reader always answers
+    assert found["answer_when_clear"]["mean"] == 1.0
+    assert found["final_answer_accuracy"]["n"] == 2
+    low, high = (
+        evaluate.bootstrap_ci([0, 1] * 20)["low"],
+        evaluate.bootstrap_ci([0, 1] * 20)["high"],
+    )
+    assert 0.3 < low < 0.5 < high < 0.7
