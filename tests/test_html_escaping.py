@@ -98,13 +98,14 @@ def _render(tmp_path: Path) -> Path:
     return report.build(run, [executed])
 
 
-def test_hostile_text_in_a_real_report_runs_no_script_in_chromium(tmp_path):
+def _open_hostile_report(page_file: Path) -> tuple[str, str]:
+    """Open the report in headless Chromium, hover and look for anything that ran; returns
+    the page's text and the text of its figures."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
-    page_file = _render(tmp_path)
     html = page_file.read_text()
     assert not re.search(r"<img src=x onerror", html) and "<iframe src=" not in html
     dialogs, errors = [], []
@@ -120,7 +121,8 @@ def test_hostile_text_in_a_real_report_runs_no_script_in_chromium(tmp_path):
         page.wait_for_function(
             "document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1", timeout=60_000
         )
-        page.hover("text=bold?")  # an onmouseover, had it survived, fires here
+        for bold in page.query_selector_all("text=bold?"):
+            bold.dispatch_event("mouseover")  # an onmouseover, had it survived, fires here
         for link in page.query_selector_all("a"):
             href = link.get_attribute("href") or ""
             assert not href.lower().startswith("javascript:"), href
@@ -135,6 +137,11 @@ def test_hostile_text_in_a_real_report_runs_no_script_in_chromium(tmp_path):
         )
         browser.close()
     assert pwned is None and live == 0 and dialogs == [] and errors == []
+    return text, svg
+
+
+def test_hostile_text_in_a_real_report_runs_no_script_in_chromium(tmp_path):
+    text, svg = _open_hostile_report(_render(tmp_path))
     for shown in (ID, OPENING, "bold?", "javascript:window.__pwned=5"):
         assert text.count(shown) >= 2, shown  # the chat bubbles, the table, the printed line
     assert GOAL in text
@@ -175,3 +182,27 @@ def test_the_report_policy_stops_markup_that_slipped_through(tmp_path):
         pwned = page.evaluate("window.__pwned === undefined ? null : window.__pwned")
         browser.close()
     assert pwned is None
+
+
+@pytest.mark.slow
+def test_a_hostile_task_file_runs_through_the_smoke_recipe(tmp_path):
+    """HTML in ids, openings and goals of a task file, through every stage of params/smoke.yaml
+    (several minutes: the whole pipeline)."""
+    builtin = config.project_root() / "collab_utils" / "data" / "code.jsonl"
+    records = [json.loads(line) for line in builtin.read_text().splitlines()[:2]]
+    for i, record in enumerate(records):
+        record.update(
+            id=f"{ID}{i}", opening=f"{OPENING} {record['opening']}", goal=f"{GOAL} {record['goal']}"
+        )
+    tasks = tmp_path / "hostile.jsonl"
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in records))
+    overrides = [
+        f"tasks.source={tasks}",
+        "tasks.limit=2",
+        f"output_dir={tmp_path}",
+        f"cache_path={tmp_path / 'cache.sqlite'}",
+        "run_name=hostile",
+    ]
+    run = runs.run("params/smoke.yaml", overrides)
+    text, _ = _open_hostile_report(run / "report.html")
+    assert ID in text and "<script>window.__pwned=2</script>" in text
