@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import config, datagen, llm, serve, session, simulate, tasks, users
+from . import config, datagen, llm, sandbox, serve, session, simulate, tasks, users
 from .cache import GenerationCache
 from .config import ModelSpec, Sampling
 from .io import write_json
@@ -265,6 +265,7 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     if with_server:
         results["openai_llama_cpp"] = openai_tokens_per_second()
     results["cache_hit"] = cache_hit_latency(hf)
+    results["sandbox"] = sandbox.measure_overhead()
     results["rollouts"] = bench_rollouts()
     results["lockstep_speedup"] = results["rollouts"]["lockstep_speedup"]
     results["engine_vs_raw_generate"] = results["rollouts"]["engine_vs_raw_generate"]

@@ -106,6 +106,7 @@ class TaskParams:
     holdout_fraction: float = 0.25
     accept_bleu: float = 0.3  # the agenda user accepts a document at this BLEU to the reference
     doc_metric: str = "paper_bleu"  # document R_ext: the paper's character BLEU, or word_bleu
+    allow_unisolated: bool = False  # run model code where the sandbox cannot isolate it
 
     def check(self, key: str) -> None:
         _require(self.limit is None or self.limit >= 1, f"{key}.limit", "must be >= 1 or null")

@@ -27,6 +27,7 @@ from .io import write_json
 from .run_folder import RunFolder, SweepFolder
 
 STAGES = (
+    "00_case_study",
     "01_user_simulator",
     "02_multiturn_reward",
     "03_preference_pairs",

@@ -169,26 +169,38 @@ def _limits(timeout_s: float, memory_mb: int) -> dict:
     }
 
 
+_unisolated_allowed = False
+
+
+def allow_unisolated(allowed: bool) -> None:
+    """Whether model code may run without isolation where the machine cannot isolate it: the
+    params key `tasks.allow_unisolated` (set by `session.load_roles`), off by default."""
+    global _unisolated_allowed
+    _unisolated_allowed = bool(allowed)
+
+
 def run_tests(
     code: str,
     tests: str,
     entry_point: str,
     timeout_s: float = 10.0,
     memory_mb: int = MEMORY_LIMIT_MB,
-    allow_unisolated: bool = False,
+    allow_unisolated: bool | None = None,
 ) -> SandboxResult:
     """Run `code` against `tests` (HumanEval `check(candidate)` or unittest `TestCase`s).
 
     Raises SandboxUnavailable where the machine cannot isolate the run, unless
-    `allow_unisolated` is True (then the program runs as a plain child process).
+    `allow_unisolated` (default: the params' `tasks.allow_unisolated`) is True: then the
+    program runs as a plain child process.
     """
     report = guarantees()
     isolated = report["isolation"] == "bubblewrap"
-    if not isolated and not allow_unisolated:
+    allowed = _unisolated_allowed if allow_unisolated is None else allow_unisolated
+    if not isolated and not allowed:
         raise SandboxUnavailable(
             f"cannot isolate model code here ({report['why_not_isolated']}); install bubblewrap "
-            "and allow unprivileged user namespaces, or pass allow_unisolated=True to run it "
-            "without isolation"
+            "(apt install bubblewrap) and allow unprivileged user namespaces, or set "
+            "tasks.allow_unisolated: true in the params to run it without isolation"
         )
     cgroup = report["memory_cap"] == "cgroup v1"
     return _run(code, tests, entry_point, timeout_s, memory_mb, isolated, cgroup)

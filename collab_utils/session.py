@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, llm, plots, tasks
+from . import config, llm, plots, sandbox, tasks
 from .cache import GenerationCache
 from .config import ModelSpec, Params
 from .io import write_text
@@ -97,6 +97,7 @@ def token_counter(params: Params) -> llm.TokenCounter:
 def load_roles(params: Params, *, adapter: str | Path | None = None) -> Roles:
     """Backends for the run's roles; `adapter` replaces the assistant's LoRA adapter. Every
     assistant counts tokens with the run's one tokenizer (`token_counter`)."""
+    sandbox.allow_unisolated(params.tasks.allow_unisolated)
     cache = GenerationCache(params.cache_file)
     spec = params.models.assistant
     if adapter is not None:  # a trained adapter runs locally, also when the base is served

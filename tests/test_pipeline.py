@@ -88,8 +88,9 @@ def test_killed_run_resumes_with_same_results_and_no_repeated_generation(smoke_r
     generated = {
         stage: sum(json.loads(run.generations(stage).read_text()).values()) for stage in runs.STAGES
     }
-    assert len(generated) == 5
-    assert generated["01_user_simulator"] == generated["02_multiturn_reward"] == 0
+    assert len(generated) == len(runs.STAGES) == 6
+    before_datagen = ("00_case_study", "01_user_simulator", "02_multiturn_reward")
+    assert [generated[stage] for stage in before_datagen] == [0, 0, 0]
     # everything the restarted run generated is new: nothing stored before was made again
     stored_after = len(GenerationCache(tmp_path / "cache.sqlite"))
     assert sum(generated.values()) == stored_after - stored_before
@@ -196,15 +197,10 @@ def test_student_copies_drop_solutions_and_run_up_to_the_exercises(smoke_run, tm
         )
 
 
-def test_case_study_notebook_runs_and_checks_fig6(tmp_path):
-    notebook = config.project_root() / "notebooks" / "00_case_study.ipynb"
-    executed = runs.execute(
-        notebook,
-        tmp_path / notebook.name,
-        {"params_file": "params/case_study.yaml", "overrides": isolated(tmp_path)},
-    )
+def test_case_study_notebook_runs_in_the_pipeline_and_checks_fig6(smoke_run):
+    run, _ = smoke_run
     outputs = "".join(
-        "".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
+        "".join(o.get("text", "")) for c in json.loads(run.notebook("00_case_study").read_text())["cells"]
         for o in c.get("outputs", [])
     )  # fmt: skip
     assert "Fig. 6 ordering holds" in outputs
