@@ -7,9 +7,12 @@ Two simulators share one batched interface, `user.respond(items) -> list[UserTur
   asks about it, checks proposed answers with the task's tests (`metrics.solves`), and
   complains about one unmet requirement at a time.
 - `LLMUser`: a language model plays the user. It sees the hidden goal and the chat history (never
-  the assistant's system prompt). Replies that slip into the assistant's role (`role_slip`) are
-  retried once with a new seed, then repaired with the agenda simulator's reply; each case is
-  counted.
+  the assistant's system prompt) and writes the first turn itself, as the paper's simulator
+  does. Replies that slip into the assistant's role (`role_slip`), and first turns that paste
+  the goal (`copies_goal`), are retried once with a new seed, then repaired with the agenda
+  simulator's reply; each case is counted.
+
+`openings(user, tasks, seed)` gives the first user turn of each task's conversation.
 
 `ScriptedCoder` is the agenda user's counterpart on the assistant side: rules, no model.
 """
@@ -58,12 +61,16 @@ class AgendaUser:
     checks it (tests, answer, BLEU) and either ends the chat, or complains about the first
     requirement it has not stated yet, or ends when nothing is left to say. Deterministic: the
     reply depends only on the task and the history (seeds are ignored).
+
+    A document is accepted at `bleu_threshold` of `doc_metric`. The default is word BLEU: the
+    paper's character BLEU gives unrelated documents of the same length 0.35 to 0.48, so no
+    threshold on it tells a draft of this document from another one.
     """
 
     name = "agenda"
 
-    def __init__(self, bleu_threshold: float = 0.3):
-        self.bleu_threshold = bleu_threshold
+    def __init__(self, bleu_threshold: float = 0.3, doc_metric: str = "word_bleu"):
+        self.bleu_threshold, self.doc_metric = bleu_threshold, doc_metric
 
     def respond(self, items: list[tuple[Task, list[dict], int]]) -> list[UserTurn]:
         return [
@@ -92,7 +99,7 @@ class AgendaUser:
             if asked:
                 return UserTurn(" ".join(r.statement for r in asked))
         if metrics.proposes_answer(task, last):
-            if metrics.solves(task, last, self.bleu_threshold):
+            if metrics.solves(task, last, self.bleu_threshold, self.doc_metric):
                 return UserTurn(f"Thanks, that is what I needed. {TERMINATE}", terminated=True)
             if unrevealed:
                 return UserTurn(f"That's not quite it. {unrevealed[0].statement}")
@@ -103,17 +110,10 @@ class AgendaUser:
         return UserTurn(f"Can you give me {thing or 'an answer'} now?")
 
 
-_ASSISTANT_OPENERS = (
-    "assistant:",
-    "to solve",
-    "sure",
-    "certainly",
-    "of course",
-    "absolutely",
-    "here is",
-    "here's",
-    "great question",
-)
+_ASSISTANT_OPENERS = ("assistant:", "to solve", "here is", "here's", "great question", "below is")
+# A user answers a yes/no question with these; only what follows can make it the assistant's.
+_AGREEMENT = re.compile(r"^(sure|certainly|of course|absolutely|yes|okay|ok)\b[\s,.!:;-]*")
+_ASSISTANT_CONTINUATIONS = (*_ASSISTANT_OPENERS, "here you go", "let me", "the following")
 _ASSISTANT_PHRASES = (
     "as an ai",
     "i can help",
@@ -139,6 +139,9 @@ def role_slip(text: str, task: Task | None = None) -> str | None:
         return "narrates"
     if lowered.startswith(_ASSISTANT_OPENERS):
         return "assistant opener"
+    agreement = _AGREEMENT.match(lowered)
+    if agreement and lowered[agreement.end() :].startswith(_ASSISTANT_CONTINUATIONS):
+        return "assistant opener"
     if any(phrase in lowered for phrase in _ASSISTANT_PHRASES):
         return "assistant phrase"
     if re.search(r"```[^\n]*\n\s*(def|class|import|from) ", text):
@@ -150,6 +153,17 @@ def role_slip(text: str, task: Task | None = None) -> str | None:
     return None
 
 
+def copies_goal(text: str, task: Task, run: int = 6) -> bool:
+    """Does `text` paste the hidden goal: half or more of the goal's `run`-word sequences (a
+    goal shorter than that: the whole goal) appear in it, ignoring case and punctuation?"""
+    goal, said = re.findall(r"\w+", task.goal.lower()), re.findall(r"\w+", text.lower())
+    if len(goal) < run:
+        return " ".join(goal) in " ".join(said)
+    grams = {tuple(goal[i : i + run]) for i in range(len(goal) - run + 1)}
+    found = {tuple(said[i : i + run]) for i in range(len(said) - run + 1)}
+    return len(grams & found) >= 0.5 * len(grams)
+
+
 _USER_SYSTEM_PROMPT = """You are a USER chatting with an AI assistant. You are not the \
 assistant: never solve the task yourself, never write code or final answers.
 
@@ -157,9 +171,14 @@ Your goal, which the assistant cannot see:
 {goal}
 
 How you write: one or two short sentences, little effort. You are vague at first and give a \
-detail of your goal only when the assistant asks about it or gets it wrong. You say what you \
-prefer, plainly, and now and then you make a small mistake. {kind_rule}
-When the assistant's last answer fully meets your goal, write only {terminate}"""
+detail of your goal only when the assistant asks about it or gets it wrong. Use your own words: \
+never copy your goal verbatim. Keep the chat on your goal: no small talk, and bring the \
+assistant back to it when it drifts. You say what you prefer, plainly, and now and then you \
+make a small mistake. {kind_rule}
+When the assistant's last answer fully meets your goal, or when the assistant cannot help you \
+any further, write only {terminate}"""
+
+_START = "Start the chat: write your first request to the assistant, short and vague."
 
 
 def _kind_rule(task: Task) -> str:
@@ -170,19 +189,24 @@ def _kind_rule(task: Task) -> str:
         paragraphs = len([p for p in task.reference.split("\n\n") if p.strip()])
         return f"You want a text of about {words} words in {paragraphs} paragraphs."
     if task.kind == "math":
-        return "You want one final number as the answer."
+        return "You want the answer in the form your problem asks for (a number, a fraction, an \
+expression, an interval...)."
     return "You want a short answer to your question."
 
 
 def user_prompt(task: Task, history: list[dict]) -> list[dict]:
     """The simulator's chat: persona and hidden goal as the system prompt, then the history with
-    the roles swapped, so that the model's next 'assistant' turn is the user's next message."""
+    the roles swapped, so that the model's next 'assistant' turn is the user's next message.
+    An empty history asks for the first turn."""
     swap = {"user": "assistant", "assistant": "user"}
     system = _USER_SYSTEM_PROMPT.format(
         goal=task.goal, kind_rule=_kind_rule(task), terminate=TERMINATE
     )
     turns = [{"role": swap[m["role"]], "content": m["content"]} for m in history]
-    return [{"role": "system", "content": system}, *turns]
+    return [
+        {"role": "system", "content": system},
+        *(turns or [{"role": "user", "content": _START}]),
+    ]
 
 
 def _clean(text: str) -> str:
@@ -198,44 +222,54 @@ def _is_termination(text: str) -> bool:
     return "[[terminate]]" in text.lower()
 
 
+def _slips(text: str, task: Task, first: bool) -> bool:
+    """A reply to retry: it reads like the assistant; a first turn also when it pastes the goal
+    or ends the chat before it began."""
+    if role_slip(text, task):
+        return True
+    return first and (copies_goal(text, task) or _is_termination(text))
+
+
 class LLMUser:
     """A language model plays the user; see `user_prompt` for its persona and view.
 
-    One batched `backend.chat` per `respond`, plus one more for the replies that slipped into
-    the assistant's role; a reply that slips twice is replaced by `AgendaUser`'s reply. The
-    first user turn of a conversation is the task's opening, as for the agenda simulator.
+    One batched `backend.chat` per `respond`, plus one more for the replies that slipped; a
+    reply that slips twice is replaced by `AgendaUser`'s reply (for a first turn: the task's
+    vague `opening`). With an empty history the model writes the first turn from the goal.
     """
 
     name = "llm"
 
-    def __init__(self, backend, sampling: Sampling | None = None, *, bleu_threshold: float = 0.3):
+    def __init__(
+        self,
+        backend,
+        sampling: Sampling | None = None,
+        *,
+        bleu_threshold: float = 0.3,
+        doc_metric: str = "word_bleu",
+    ):
         self.backend = backend
         self.sampling = sampling or Sampling(max_new_tokens=96)
-        self.fallback = AgendaUser(bleu_threshold)
+        self.fallback = AgendaUser(bleu_threshold, doc_metric)
 
     def respond(self, items: list[tuple[Task, list[dict], int]]) -> list[UserTurn]:
         views = [(task, user_view(history), seed) for task, history, seed in items]
-        turns: dict[int, UserTurn] = {}
-        asking = []
-        for i, (task, history, _seed) in enumerate(views):
-            if any(m["role"] == "assistant" for m in history):
-                asking.append(i)
-            else:
-                turns[i] = UserTurn(task.opening)
-        texts = self._sample(views, asking, [views[i][2] for i in asking])
-        slipped = [i for i in asking if role_slip(texts[i], views[i][0])]
+        first = [not any(m["role"] == "assistant" for m in history) for _t, history, _s in views]
+        everyone = list(range(len(views)))
+        texts = self._sample(views, everyone, [seed for _t, _h, seed in views])
+        slipped = [i for i in everyone if _slips(texts[i], views[i][0], first[i])]
         retry_seeds = [derive_seed(views[i][2], "retry") for i in slipped]
         texts.update(self._sample(views, slipped, retry_seeds))
-        for i in asking:
-            task, history, _seed = views[i]
+        turns = []
+        for i, (task, history, _seed) in enumerate(views):
             first_slipped = i in slipped
-            if first_slipped and role_slip(texts[i], task):
+            if first_slipped and _slips(texts[i], task, first[i]):
                 repaired = self.fallback.reply(task, history)
-                turns[i] = UserTurn(repaired.text, repaired.terminated, True, True, True)
+                turns.append(UserTurn(repaired.text, repaired.terminated, True, True, True))
             else:
-                text = texts[i]
-                turns[i] = UserTurn(text, _is_termination(text), first_slipped, first_slipped)
-        return [turns[i] for i in range(len(views))]
+                ends = not first[i] and _is_termination(texts[i])
+                turns.append(UserTurn(texts[i], ends, first_slipped, first_slipped))
+        return turns
 
     def _sample(self, views, indices: list[int], seeds: list[int]) -> dict[int, str]:
         if not indices:
@@ -243,6 +277,13 @@ class LLMUser:
         prompts = [user_prompt(*views[i][:2]) for i in indices]
         generations = self.backend.chat(prompts, seed=seeds, desc="user", **self.sampling.kwargs)
         return {i: _clean(g.text) for i, g in zip(indices, generations)}
+
+
+def openings(user, tasks: list[Task], seed: int) -> list[str]:
+    """The first user message of each task's conversation, in one batched call: `LLMUser` writes
+    it from the hidden goal, `AgendaUser` says the task's vague `opening`."""
+    items = [(task, [], derive_seed(seed, task.id, "opening")) for task in tasks]
+    return [turn.text for turn in user.respond(items)]
 
 
 class ScriptedCoder:

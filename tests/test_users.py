@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from collab_utils import config, llm, session, tasks, users
@@ -9,6 +11,7 @@ from collab_utils.config import Sampling
 from collab_utils.llm import Generation
 from collab_utils.seeds import derive_seed
 
+DATA = Path(__file__).parent / "data"
 CASE = tasks.load("builtin:case_study")[0]
 NAIVE = f"Here you go:\n```python\n{CASE.metadata['naive_solution']}```"
 REFERENCE = f"Here you go:\n```python\n{CASE.reference}```"
@@ -61,6 +64,10 @@ def embedded():
         "```python\ndef tokenize_file(path):\n    return []\n```",
         "The total is \\boxed{9}.",
         "",
+        "Of course! Here's the code:\n```python\ndef tokenize_file(path):\n    return []\n```",
+        "Absolutely! Let me write that for you.",
+        "Sure, I can help you with that.",
+        "Certainly. Below is the function.",
     ],
 )
 def test_role_slip_flags_assistant_like_text(text):
@@ -74,6 +81,11 @@ def test_role_slip_flags_assistant_like_text(text):
         "I want punctuation kept as separate tokens.",
         "Looks good. [[TERMINATE]]",
         "Hmm, surely there is a shorter way?",
+        "Sure, go ahead and write it.",
+        "Of course! A missing file should give an empty list.",
+        "Absolutely. Keep punctuation as separate tokens.",
+        "Yes, please keep the commas.",
+        "Certainly not, just return the tokens.",
     ],
 )
 def test_role_slip_accepts_user_text(text):
@@ -176,3 +188,78 @@ def test_make_user_takes_its_settings_from_the_params():
     user = session.make_user(llm_params)
     assert user.fallback.bleu_threshold == 0.9
     assert user.sampling == Sampling(17, llm_params.generation.temperature, 0.5)
+
+
+# ------------------------------------------------------------------- the first turn
+
+
+HUMANEVAL = tasks.load("humaneval")
+
+
+def test_agenda_user_opens_with_the_vague_opening():
+    picked = [CASE, *HUMANEVAL[:3]]
+    assert users.openings(users.AgendaUser(), picked, seed=0) == [t.opening for t in picked]
+
+
+def test_llm_user_writes_the_first_turn_from_the_goal():
+    backend = ScriptedBackend(["i need a tokenizer function for a text file, can u help"])
+    prompts = []
+    chat = backend.chat
+    backend.chat = lambda conversations, **kw: (
+        prompts.extend(conversations) or chat(conversations, **kw)
+    )
+    user = users.LLMUser(backend, Sampling(max_new_tokens=16))
+    (first,) = users.openings(user, [CASE], seed=0)
+    assert first == "i need a tokenizer function for a text file, can u help"
+    (prompt,) = prompts
+    assert CASE.goal in prompt[0]["content"] and prompt[-1]["role"] == "user"
+    assert [m["role"] for m in prompt] == ["system", "user"]  # no chat yet: asked to start it
+
+
+def test_a_first_turn_that_pastes_the_goal_or_ends_the_chat_is_repaired():
+    task = HUMANEVAL[0]
+    pasted = f"Please do this: {task.goal}"
+    backend = ScriptedBackend(
+        [pasted, f"Hi {users.TERMINATE}", pasted, "need help with a function"]
+    )
+    user = users.LLMUser(backend, Sampling(max_new_tokens=16))
+    repaired, retried = user.respond([(task, [], 1), (task, [], 2)])
+    assert users.copies_goal(pasted, task) and not users.copies_goal(task.opening, task)
+    assert (repaired.text, repaired.repaired, repaired.terminated) == (task.opening, True, False)
+    assert (retried.text, retried.retried, retried.repaired) == (
+        "need help with a function",
+        True,
+        False,
+    )
+
+
+def test_copies_goal_needs_half_the_goal_verbatim():
+    task = HUMANEVAL[0]
+    words = task.goal.split()
+    assert users.copies_goal(" ".join(words[: len(words) * 3 // 4]), task)
+    assert not users.copies_goal(" ".join(words[: len(words) // 5]), task)
+    short = tasks.Task(id="s", kind="math", goal="What is 1+1?", opening="o", reference="2")
+    assert users.copies_goal("so, what is 1 + 1?", short)
+    assert not users.copies_goal("Can you help with a sum?", short)
+
+
+def test_simulator_prompt_has_the_papers_rules_and_no_single_number_rule():
+    math_task = tasks.load(DATA / "math_problems.jsonl")[0]
+    system = users.user_prompt(math_task, [])[0]["content"]
+    assert "never copy your goal verbatim" in system
+    assert "Keep the chat on your goal" in system
+    assert "cannot help you any further" in system and users.TERMINATE in system
+    assert "one final number" not in system and "interval" in system
+
+
+def test_llm_user_first_turns_on_embedded_model_never_hold_the_problem(embedded):
+    """The embedded model writes first turns for HumanEval and MATH tasks; none holds the full
+    problem statement (the model's text, or the vague opening where it pasted the goal)."""
+    picked = [HUMANEVAL[0], tasks.load(DATA / "math_problems.jsonl")[1]]
+    user = users.LLMUser(embedded, Sampling(max_new_tokens=32))
+    firsts = users.openings(user, picked, seed=0)
+    for task, first in zip(picked, firsts, strict=True):
+        statement = task.metadata.get("prompt") or task.goal
+        assert " ".join(statement.split()) not in " ".join(first.split())
+        assert not users.copies_goal(first, task)
+        assert first.strip()
