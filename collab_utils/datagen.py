@@ -140,7 +140,7 @@ def generate(tasks, roles, params: Params, store: str | Path, *, progress: bool 
     store = Path(store)
     _discard_stale_turns(store, generation_inputs(tasks, params))
     lam = params.pairs.path_lam if params.pairs.path_lam is not None else params.reward.lam
-    contexts = [simulate.Context.opening(task) for task in tasks]
+    contexts = simulate.Context.openings(tasks, roles.user, params.seed)
     paths = {task.id: [] for task in tasks}
     tables = []
     for turn in tqdm(range(params.pairs.max_turns), desc="turns", disable=not progress):

@@ -43,8 +43,9 @@ class Prompted:
 
 
 def converse(tasks, assistant, user, *, rounds: int, seed: int, sampling: Sampling, label: str):
-    """One conversation per task: the opening, `rounds` assistant turns at most, in lock-step."""
-    contexts = [simulate.Context.opening(task) for task in tasks]
+    """One conversation per task: the user's first turn, `rounds` assistant turns at most, in
+    lock-step."""
+    contexts = simulate.Context.openings(tasks, user, seed)
     seeds = [derive_seed(seed, t.id, "eval", "first") for t in tasks]
     first = assistant.chat(
         [c.messages for c in contexts], seed=seeds, desc=label, **sampling.kwargs
@@ -74,10 +75,12 @@ def evaluate(
     sampling: Sampling,
     judge_max_new_tokens: int = 48,
     judging: JudgeParams | None = None,
+    doc_metric: str = "paper_bleu",
 ) -> pd.DataFrame:
     """The transcript table: one row per (system, task). `systems` maps a name to a backend.
 
-    The judge rates each conversation after the opening, with the opening as its history."""
+    The judge rates each conversation after the opening, with the opening as its history.
+    Task success is R_ext of the final answer (documents: `doc_metric`)."""
     judging = judging or JudgeParams()
     rows = []
     for name, assistant in systems.items():
@@ -100,13 +103,16 @@ def evaluate(
                 reasons=judging.reasons,
             )
         )
-        for task, future, conversation, score in zip(tasks, futures, conversations, scores):
+        rows_of = zip(tasks, contexts, futures, conversations, scores)
+        for task, context, future, conversation, score in rows_of:
             rows.append(
                 {
                     "system": name,
                     "task_id": task.id,
                     "kind": task.kind,
-                    "task_success": metrics.task_success(task, future.window),
+                    "task_success": metrics.task_success(
+                        task, future.window, history=context.messages, doc_metric=doc_metric
+                    ),
                     "itr": score.score if score.parsed else math.nan,
                     "itr_parsed": score.parsed,
                     "tokens_k": future.assistant_tokens / 1000,

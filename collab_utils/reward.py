@@ -88,6 +88,17 @@ def _judge_helpfulness(judge, contexts, candidates, seed, max_new_tokens, judgin
     return {(c, cand.index): (v, p) for (c, cand), v, p in zip(pairs, values, parsed)}
 
 
+def _task_columns(context, future, doc_metric: str) -> dict:
+    """r_ext and the task columns beside it (NaN for a failed future)."""
+    columns = metrics.score_columns(
+        context.task, future.window, history=context.messages, doc_metric=doc_metric
+    )
+    columns["r_ext"] = columns.pop("task_success")
+    if future.stop_reason == "error":
+        columns = dict.fromkeys(columns, math.nan)
+    return columns
+
+
 def _unpack(scores):
     values = [math.nan if s.score is None else s.score for s in scores]
     return values, [s.parsed for s in scores], [s.raw for s in scores]
@@ -109,12 +120,15 @@ def score_futures(
     judge_max_new_tokens: int = 48,
     judging: JudgeParams | None = None,
     token_turns: str = "window",
+    doc_metric: str = "paper_bleu",
 ) -> pd.DataFrame:
     """The future table: one row per (context, candidate, sample), one column per term.
 
     `lam` None takes the paper's preset for each task kind (`config.LAM_PRESETS`). `tokens` is
     what λ prices: the whole window ('window', the paper's count) or the assistant's turns.
-    A future that failed (stop reason 'error') gets NaN R_ext, so MR leaves it out.
+    A future that failed (stop reason 'error') gets NaN R_ext, so MR leaves it out. R_ext is
+    the final answer's score in the window (else in the context before it): code all tests pass,
+    documents `doc_metric` (beside it both BLEUs; code: `tests_passed_fraction`, never in R_ext).
     """
     judging = judging or JudgeParams()
     itr, itr_parsed, itr_raw = _judge_interactivity(
@@ -141,11 +155,7 @@ def score_futures(
                 "response": candidate.text,
                 "stop_reason": future.stop_reason,
                 "rounds": future.rounds,
-                "r_ext": (
-                    math.nan
-                    if future.stop_reason == "error"
-                    else metrics.task_success(context.task, future.window)
-                ),
+                **_task_columns(context, future, doc_metric),
                 "tokens": future.assistant_tokens
                 + (future.user_tokens if token_turns == "window" else 0),
                 "assistant_tokens": future.assistant_tokens,
@@ -239,5 +249,6 @@ def score_candidates(contexts, candidates, *, assistant, user, judge, params: Pa
         judge_max_new_tokens=params.generation.judge_max_new_tokens,
         judging=params.judge,
         token_turns=params.reward.token_turns,
+        doc_metric=params.tasks.doc_metric,
     )
     return table, summarize(table)

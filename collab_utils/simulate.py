@@ -24,6 +24,7 @@ from .config import Sampling
 from .llm import BackendError, count_tokens
 from .seeds import derive_seed
 from .tasks import Task
+from .users import openings
 
 # The paper's "proactive" prompt for Proactive Base, in our own words with the same content:
 # think about what is missing, ask when it matters, otherwise answer; spare the user's effort.
@@ -56,8 +57,17 @@ class Context:
 
     @classmethod
     def opening(cls, task: Task) -> Context:
-        """The first turn: the user's vague opening message."""
+        """The first turn: the task's vague opening message."""
         return cls(task, [{"role": "user", "content": task.opening}], 0)
+
+    @classmethod
+    def openings(cls, tasks: list[Task], user, seed: int) -> list[Context]:
+        """The first turn of each task, written by the user simulator in one batched call: an
+        LLM user writes it from the hidden goal, the agenda user says the vague opening."""
+        texts = openings(user, tasks, seed)
+        return [
+            cls(task, [{"role": "user", "content": text}], 0) for task, text in zip(tasks, texts)
+        ]
 
 
 @dataclass(frozen=True)
