@@ -370,3 +370,18 @@ def test_base_url_list_is_validated_with_the_key_named(tmp_path):
         " base_url: [http://a:1/v1, http://b:2/v1]}\n"
     )
     assert config.load(file).models.assistant.base_url == ["http://a:1/v1", "http://b:2/v1"]
+
+
+def test_the_key_is_in_no_params_file_or_env_json(monkeypatch, tmp_path):
+    from collab_utils import config, runs
+
+    monkeypatch.setenv("COLLAB_TEST_API_KEY", SECRET)
+    file = tmp_path / "p.yaml"
+    file.write_text(
+        "models:\n  assistant: {backend: openai, model: m, base_url: https://api.example/v1,"
+        " api_key_env: COLLAB_TEST_API_KEY}\n"
+    )
+    params = config.load(file)
+    params.dump(tmp_path / "params.yaml")
+    assert SECRET not in (tmp_path / "params.yaml").read_text()
+    assert SECRET not in json.dumps(runs.environment(), default=str)
