@@ -13,7 +13,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import config, datagen, llm, sandbox, serve, session, simulate, tasks, users
+from . import (
+    bench_servers,
+    config,
+    datagen,
+    llm,
+    sandbox,
+    serve,
+    session,
+    simulate,
+    tasks,
+    users,
+)
 from .cache import GenerationCache
 from .config import ModelSpec, Sampling
 from .io import write_json
@@ -264,6 +275,7 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     )
     if with_server:
         results["openai_llama_cpp"] = openai_tokens_per_second()
+        results["servers"] = bench_servers.run(repeats=1)
     results["cache_hit"] = cache_hit_latency(hf)
     results["sandbox"] = sandbox.measure_overhead()
     results["rollouts"] = bench_rollouts()

@@ -11,7 +11,6 @@ generation cache. `make_user` is the one place a user simulator is built from pa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from . import config, llm, plots, sandbox, tasks
 from .cache import GenerationCache
 from .config import ModelSpec, Params
 from .io import write_text
+from .llm.lora import adapter_backend
 from .run_folder import RunFolder
 from .users import AgendaUser, LLMUser
 
@@ -100,9 +100,10 @@ def load_roles(params: Params, *, adapter: str | Path | None = None) -> Roles:
     sandbox.allow_unisolated(params.tasks.allow_unisolated)
     cache = GenerationCache(params.cache_file)
     spec = params.models.assistant
-    if adapter is not None:  # a trained adapter runs locally, also when the base is served
-        spec = dataclasses.replace(spec, backend="hf", base_url=None, adapter=str(adapter))
-    assistant = llm.load_backend(spec, cache)
+    if adapter is None:
+        assistant = llm.load_backend(spec, cache)
+    else:  # served by the inference server where it can (vLLM's LoRA support), else local hf
+        assistant = adapter_backend(spec, adapter, cache)
     counter = token_counter(params)
     assistant.token_counter = counter
     judge = llm.load_backend(params.models.judge, cache)
