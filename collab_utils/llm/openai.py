@@ -31,19 +31,16 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import re
 import time
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
 from ..cache import Entry, GenerationCache
 from ..config import ModelSpec
-from . import lora, replies
+from . import lora, replies, secrets
 from .base import Backend, BackendError
 from .lora import adapter_backend
 from .servers import (
@@ -51,7 +48,6 @@ from .servers import (
     ServerPool,
     ServerReplyError,
     ServersUnavailable,
-    is_loopback,
     parse_retry_after,
     server_urls,
 )
@@ -62,16 +58,12 @@ __all__ = [
     "ServerReplyError",
     "ServersUnavailable",
     "adapter_backend",
-    "key_env_allowed",
 ]
 
-KEY_ENVS_VARIABLE = "COLLAB_UTILS_KEY_ENVS"  # the user's own list of other allowed variables
-_KEY_NAME = re.compile(r"(?:[A-Z][A-Z0-9_]*_)?API_(?:KEY|TOKEN)")
 REPLY_BYTES = 256 * 1024  # + REPLY_BYTES_PER_TOKEN per requested token
 REPLY_BYTES_PER_TOKEN = 1024
 TEXT_CHARS = 1024  # + TEXT_CHARS_PER_TOKEN per requested token: the completion-size cap
 TEXT_CHARS_PER_TOKEN = 128
-_announced: set[tuple[str, str]] = set()
 
 
 @dataclasses.dataclass
@@ -95,16 +87,6 @@ class _Excluded(Exception):
     """This server is out for good (other weights, or it cannot serve the adapter)."""
 
 
-def key_env_allowed(name: str) -> bool:
-    """Whether `api_key_env` may be read: an API-key-like name or one the user allowed."""
-    allowed = {n.strip() for n in os.environ.get(KEY_ENVS_VARIABLE, "").split(",") if n.strip()}
-    return name in allowed or bool(_KEY_NAME.fullmatch(name))
-
-
-def sends_secrets_to(url: str) -> bool:
-    return urlsplit(url).scheme == "https" or is_loopback(url)
-
-
 class OpenAIBackend(Backend):
     """OpenAI-compatible `/chat/completions` servers, many requests in flight at once."""
 
@@ -116,7 +98,7 @@ class OpenAIBackend(Backend):
         self.urls = server_urls(spec.base_url)
         self.pool = ServerPool(self.urls, spec.concurrency)
         self.retries = 0  # attempts repeated (on this or another server), over the backend's life
-        self._key_urls = {url for url in self.urls if sends_secrets_to(url)}
+        self._key_urls = {url for url in self.urls if secrets.may_receive(url)}
         if self._secret() is not None:  # raises for a variable that is not an API key
             for url in self.urls:
                 if url not in self._key_urls:
@@ -415,19 +397,10 @@ class OpenAIBackend(Backend):
     # ------------------------------------------------------------------ secrets
 
     def _secret(self) -> str | None:
-        """The API key from this role's `api_key_env`, if the variable may be read."""
-        name = self.spec.api_key_env
-        if not key_env_allowed(name):
-            raise ValueError(
-                f"api_key_env {name!r} does not look like an API key variable "
-                f"(NAME_API_KEY or NAME_API_TOKEN): its value is not sent. To send it anyway, "
-                f"add it to {KEY_ENVS_VARIABLE} in your own environment."
-            )
-        return os.environ.get(name) or None
+        return secrets.api_key(self.spec.api_key_env)
 
     def _redact(self, text: str) -> str:
-        key = os.environ.get(self.spec.api_key_env)
-        return text.replace(key, "[secret]") if key and len(key) >= 4 else text
+        return secrets.redact(self.spec.api_key_env, text)
 
     def _snippet(self, data: bytes) -> str:
         text = " ".join(data[:600].decode("utf-8", "replace").split())
@@ -435,21 +408,10 @@ class OpenAIBackend(Backend):
         return (text[:200] + "…") if len(text) > 200 else (text or "(empty)")
 
     def _auth_hint(self, url: str, status: int) -> str:
-        if status not in (401, 403):
-            return ""
-        name = self.spec.api_key_env
-        if os.environ.get(name) and url not in self._key_urls:
-            return f" (${name} was not sent: plain HTTP to a host that is not loopback)"
-        if not os.environ.get(name):
-            return f" (${name} is not set)"
-        return ""
+        return secrets.auth_hint(self.spec.api_key_env, url in self._key_urls, status)
 
     def _announce(self, url: str) -> None:
-        host = urlsplit(url).hostname or url
-        if is_loopback(url) or (self.spec.api_key_env, host) in _announced:
-            return
-        _announced.add((self.spec.api_key_env, host))
-        warnings.warn(f"sending ${self.spec.api_key_env} to {host}", stacklevel=2)
+        secrets.announce(self.spec.api_key_env, url)
 
 
 def _run_coroutine(coroutine):
