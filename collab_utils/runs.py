@@ -261,8 +261,7 @@ def load_sweep(sweep_file: str | Path) -> tuple[Path, list[list[str]], list[str]
     spec = config.read_yaml(file, "sweep file")
     if not isinstance(spec, dict):
         raise config.ParamsError(
-            f"{file}: a sweep file is a mapping with keys {SWEEP_KEYS}, "
-            f"got {config._describe(spec)}"
+            f"{file}: a sweep file is a mapping with keys {SWEEP_KEYS}, got {config.describe(spec)}"
         )
     unknown = set(spec) - set(SWEEP_KEYS)
     if unknown:
@@ -276,14 +275,14 @@ def load_sweep(sweep_file: str | Path) -> tuple[Path, list[list[str]], list[str]
     if not isinstance(spec["base"], str) or not spec["base"].strip():
         raise config.ParamsError(
             f"{file}: key 'base': expected the path of a params file, "
-            f"got {config._describe(spec['base'])}"
+            f"got {config.describe(spec['base'])}"
         )
     base = config.resolve_path(spec["base"])
     shared = spec.get("set") or []
     if not isinstance(shared, list) or not all(isinstance(item, str) for item in shared):
         raise config.ParamsError(
             f"{file}: key 'set': expected a list of 'key=value' strings, "
-            f"got {config._describe(shared)}"
+            f"got {config.describe(shared)}"
         )
     for key, values in spec["vary"].items():
         if not isinstance(key, str):
