@@ -12,7 +12,7 @@ import ast
 import inspect
 import re
 
-from .tasks import Requirement
+from .task_types import Requirement
 
 __all__ = [
     "ASKING",

