@@ -8,6 +8,7 @@ import pytest
 
 from collab_utils import config, pairs, reward, simulate, stories, tasks
 from collab_utils.llm import Generation
+from collab_utils.run_folder import RunFolder
 from collab_utils.users import AgendaUser
 
 
@@ -159,7 +160,7 @@ def test_smoke_recipe_pairs_hold_asking_and_answering(tmp_path):
     )
     moves = {key.split("/")[-1] for key in out["pair_kinds"]}
     assert moves == {"clarify", "answer"}, out["pair_kinds"]
-    assert json.loads((tmp_path / "ask_smoke" / "metrics.json").read_text())["intervals"]
+    assert json.loads(RunFolder(tmp_path / "ask_smoke").metrics.read_text())["intervals"]
 
 
 def test_ask_metrics_from_conversations_without_a_judge():
