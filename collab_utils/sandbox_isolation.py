@@ -86,6 +86,11 @@ def bwrap_command(as_root: bool) -> tuple[str, ...]:
             command += ["--ro-bind", path, path]
     for path in ("/etc/ld.so.cache", "/etc/localtime"):
         command += ["--ro-bind-try", path, path]
+    # the private /tmp first: an interpreter (a venv) that lives under /tmp is bound on top of it
+    command += ["--proc", "/proc", "--dev", "/dev"]
+    for path in ("/dev/shm", "/tmp", WORK_DIR):
+        size = _if_supported("--size", str(TMPFS_LIMIT_MB << 20))
+        command += ["--perms", "1777", *size, "--tmpfs", path]
     made = set()
     roots = _interpreter_roots()
     for root in roots:
@@ -100,10 +105,6 @@ def bwrap_command(as_root: bool) -> tuple[str, ...]:
             command += ["--tmpfs", path]
     for pth in sorted(pth for path in inside for pth in glob.glob(f"{path}/__editable__*.pth")):
         command += ["--ro-bind", "/dev/null", pth]  # finders for source trees the run cannot see
-    command += ["--proc", "/proc", "--dev", "/dev"]
-    for path in ("/dev/shm", "/tmp", WORK_DIR):
-        size = _if_supported("--size", str(TMPFS_LIMIT_MB << 20))
-        command += ["--perms", "1777", *size, "--tmpfs", path]
     command += ["--chdir", WORK_DIR, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
     command += ["--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", "/tmp"]
     return (*command, "--setenv", "LANG", "C.UTF-8", "--")
