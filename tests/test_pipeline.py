@@ -1,6 +1,7 @@
 """The whole pipeline through papermill with params/smoke.yaml: run, kill and resume, sweep,
 and the report in a real headless Chromium."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from collab_utils import config, evaluate, runs
@@ -79,8 +81,15 @@ def test_killed_run_resumes_with_same_results_and_no_repeated_generation(smoke_r
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert marker.exists(), "the run never reached the data-generation stage"
-    os.killpg(process.pid, signal.SIGKILL)  # the runner and its notebook kernel
+    # the runner and every process under it: the notebook kernel runs in a session of its own,
+    # and an orphaned kernel would go on writing generations for a moment
+    kernels = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGKILL)
+    for child in kernels:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     process.wait()
+    psutil.wait_procs(kernels, timeout=30)
     assert not killed.metrics.exists()
     stored_before = len(GenerationCache(tmp_path / "cache.sqlite"))
 
