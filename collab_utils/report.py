@@ -1,10 +1,13 @@
 """`report.html`: a run's executed notebooks as one HTML page, plotly figures interactive.
 
-The executed notebooks are concatenated (a heading per stage) and exported once with
-nbconvert. Each notebook carries its own copy of plotly.js (about 4.8 MB); the page keeps the
+The page opens with a one-screen summary (`report_summary`: what ran, models, changed
+settings, time per stage, Table 1, Table 2, the MR scatter); then the executed notebooks,
+concatenated (a heading per stage) and exported once with nbconvert, code folded under
+"code". Each notebook carries its own copy of plotly.js (about 4.8 MB); the page keeps the
 first and drops the others, so it works offline at the size of one copy. The page loads
-nothing from the network: require.js and the widget manager are not needed, and the MathJax
-scripts (nbconvert's and plotly's, from a CDN) are left out, so equations show as LaTeX source.
+nothing from the network: require.js and the widget manager are not needed, MathJax is left
+out and equations are converted to MathML (latex2mathml), which browsers draw natively.
+Progress bars and warnings (stderr) are left out: they are frozen noise in a static page.
 
 Text from task files and models reaches the page escaped (chatview, pandas, plotly all escape).
 As a second wall the page carries a Content-Security-Policy that lets only the scripts the
@@ -21,6 +24,7 @@ import re
 from pathlib import Path
 
 from .io import write_text
+from .report_summary import summary_html
 from .run_folder import RunFolder
 
 NO_SCRIPT = "data:text/javascript,"
@@ -40,6 +44,7 @@ OWN_SCRIPTS = (
 
 
 NONE = "'none'"
+BODY_OPEN = re.compile(r"<body[^>]*>")
 
 
 def with_csp(page: str) -> str:
@@ -84,6 +89,45 @@ def drop_repeated_plotly_bundles(cells) -> None:
         cell["outputs"] = kept
 
 
+WIDGET = "application/vnd.jupyter.widget-view+json"
+FOLDED_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{% block input_group -%}
+<details class="folded-code"><summary>code</summary>
+{{ super() }}
+</details>
+{%- endblock input_group %}
+"""
+DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.DOTALL)
+INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?=[^\s$])([^$\n]+?)(?<=\S)\$(?![\w$])")
+
+
+def drop_noise(cells) -> None:
+    """Remove stderr streams (progress bars, warnings) and widget views from the outputs."""
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        cell["outputs"] = [
+            output
+            for output in cell.get("outputs", [])
+            if not (output.get("output_type") == "stream" and output.get("name") == "stderr")
+            and WIDGET not in output.get("data", {})
+        ]
+
+
+def latex_to_mathml(markdown: str) -> str:
+    """`$...$` and `$$...$$` in a markdown cell as MathML; text that fails to parse stays."""
+    from latex2mathml.converter import convert
+
+    def render(match, display):
+        try:
+            return convert(match[1].strip(), display=display)
+        except Exception:  # not LaTeX after all (a price, a shell variable): keep the text
+            return match[0]
+
+    markdown = DISPLAY_MATH.sub(lambda m: render(m, "block"), markdown)
+    return INLINE_MATH.sub(lambda m: render(m, "inline"), markdown)
+
+
 def _text(name: str) -> str:
     """`name` as literal text in a markdown cell: HTML and markdown syntax escaped."""
     return re.sub(r"([\\`*_\[\]#!|~])", r"\\\1", html.escape(name))
@@ -91,6 +135,7 @@ def _text(name: str) -> str:
 
 def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     """Write <run_dir>/report.html from the executed stage notebooks of the run folder."""
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -100,14 +145,26 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     if not notebooks:
         raise FileNotFoundError(f"{run_dir}: no executed notebooks to report")
     merged = nbformat.v4.new_notebook()
-    merged.cells.append(nbformat.v4.new_markdown_cell(f"# CollabLLM run {_text(run_dir.name)}"))
     for path in notebooks:
         notebook = nbformat.reads(Path(path).read_text(), as_version=4)
         merged.metadata = merged.metadata or notebook.metadata
         merged.cells.append(nbformat.v4.new_markdown_cell(f"# Stage: {_text(Path(path).stem)}"))
-        merged.cells.extend(notebook.cells)
+        for index, cell in enumerate(notebook.cells):
+            cell.id = f"{Path(path).stem[:2]}-{index}"  # stages reuse ids; the page needs one each
+            merged.cells.append(cell)
     drop_repeated_plotly_bundles(merged.cells)
+    drop_noise(merged.cells)
+    for cell in merged.cells:
+        if cell.cell_type == "markdown":
+            cell.source = latex_to_mathml(cell.source)
     merged.metadata.pop("widgets", None)  # progress bars: text is enough, no widget manager
-    exporter = HTMLExporter(template_name="lab", require_js_url=NO_SCRIPT, mathjax_url=NO_SCRIPT)
+    exporter = HTMLExporter(
+        template_name="lab",
+        template_file="folded.html.j2",
+        extra_loaders=[jinja2.DictLoader({"folded.html.j2": FOLDED_TEMPLATE})],
+        require_js_url=NO_SCRIPT,
+        mathjax_url=NO_SCRIPT,
+    )
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": run_dir.name}})
+    body = BODY_OPEN.sub(lambda m: m[0] + summary_html(run, notebooks), body, count=1)
     return write_text(run.report, with_csp(body))

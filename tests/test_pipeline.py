@@ -35,6 +35,7 @@ def smoke_run(tmp_path_factory):
     return RunFolder(runs.run(SMOKE, isolated(folder))), folder
 
 
+@pytest.mark.timeout(1500)  # the first user of the module fixture also pays for the smoke run
 def test_smoke_run_goes_through_every_stage(smoke_run):
     run, _ = smoke_run
     files = [run.notebook(s) for s in runs.STAGES]
@@ -66,6 +67,7 @@ def _read_outputs(run: RunFolder) -> dict:
     }
 
 
+@pytest.mark.timeout(1500)  # a run killed in stage 03, then a full resumed run
 def test_killed_run_resumes_with_same_results_and_no_repeated_generation(smoke_run, tmp_path):
     reference, reference_folder = smoke_run
     overrides = isolated(tmp_path)
@@ -182,6 +184,53 @@ def test_report_renders_every_figure_in_headless_chromium(smoke_run):
         browser.close()
     assert rendered == expected
     assert errors == []
+
+
+FIRST_SCREEN = """() => {
+  const code = document.querySelector('.jp-CodeCell');
+  const codeTop = code.getBoundingClientRect().top + window.scrollY;
+  const above = (el) => el.getBoundingClientRect().bottom + window.scrollY <= codeTop;
+  const onScreen = (el) => el.getBoundingClientRect().top < window.innerHeight;
+  const captions = [...document.querySelectorAll('#run-summary table caption')];
+  const figures = [...document.querySelectorAll('#run-summary figure img')];
+  return {
+    tables_above_code: captions.filter((c) => above(c.parentElement)).map((c) => c.textContent),
+    tables_on_first_screen: captions.filter(onScreen).map((c) => c.textContent),
+    figures_above_code: figures.filter((f) => above(f) && f.naturalWidth > 0).length,
+    folded: [...document.querySelectorAll('details.folded-code')].filter((d) => !d.open).length,
+    code_cells: document.querySelectorAll('.jp-CodeCell').length,
+    visible_code: [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-editor')]
+      .filter((e) => e.checkVisibility()).length,
+    mathml: document.querySelectorAll('math').length,
+    raw_latex: document.body.innerText.includes('R_\\\\text'),
+  };
+}"""
+
+
+def test_report_opens_with_a_summary_screen_and_folded_code(smoke_run):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    run, _ = smoke_run
+    metrics = json.loads(run.metrics.read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(run.report.as_uri(), wait_until="load")
+        page.screenshot(path=run / "report_first_screen.png")
+        seen = page.evaluate(FIRST_SCREEN)
+        browser.close()
+    expected = ["Table 1"] + (["Table 2"] if metrics["table2"] else [])
+    for name in expected:
+        assert any(t.startswith(name) for t in seen["tables_above_code"]), seen
+        assert any(t.startswith(name) for t in seen["tables_on_first_screen"]), seen
+    assert any(t.startswith("Settings that differ") for t in seen["tables_above_code"]), seen
+    assert seen["figures_above_code"] >= 1, seen
+    assert seen["folded"] == seen["code_cells"] > 0 and seen["visible_code"] == 0, seen
+    assert seen["mathml"] > 0 and not seen["raw_latex"], seen
+    assert (run / "report_first_screen.png").stat().st_size > 10_000
 
 
 def test_student_copies_drop_solutions_and_run_up_to_the_exercises(smoke_run, tmp_path):
