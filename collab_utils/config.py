@@ -37,6 +37,8 @@ __all__ = ["ParamsError", "Params", "Sampling", "describe", "load", "parse_value
 BACKENDS = ("hf", "openai", "agenda")
 DOC_METRICS = ("paper_bleu", "word_bleu")  # metrics.DOC_METRICS
 TOKEN_TURNS = ("window", "assistant")
+TRAIN_METHODS = ("dpo", "sft")  # built; the paper's online DPO and PPO/GRPO are not (yet)
+TRAIN_INITS = ("base", "sft")
 # The paper's token price λ per task kind (its runs: documents 1e-4, code and math 5e-4).
 LAM_PRESETS = {"doc": 1e-4, "code": 5e-4, "math": 5e-4, "qa": 5e-4}
 
@@ -217,8 +219,15 @@ class PairParams:
 
 @dataclass
 class TrainParams:
-    """DPO with LoRA (paper defaults); 4-bit NF4 QLoRA when CUDA is present."""
+    """The training recipe with LoRA (paper defaults); 4-bit NF4 QLoRA when CUDA is present.
 
+    method: dpo (offline DPO on pairs.jsonl) or sft (on sft.jsonl, assistant turns only);
+    init: base, or sft (method dpo only: SFT first, then DPO from the SFT adapter).
+    """
+
+    method: str = "dpo"
+    init: str = "base"
+    sft_learning_rate: float | None = None  # the SFT step's lr; null: learning_rate
     lora_r: int = 32
     lora_alpha: int = 16
     lora_dropout: float = 0.1
@@ -236,6 +245,28 @@ class TrainParams:
     sft_weight: float = 0.0  # > 0: DPO + this weight × NLL of the chosen reply (TRL "sft" loss)
 
     def check(self, key: str) -> None:
+        require(
+            self.method in TRAIN_METHODS,
+            f"{key}.method",
+            f"must be one of {', '.join(TRAIN_METHODS)} (got {self.method!r}; online_dpo and grpo "
+            "are not built yet)",
+        )
+        require(
+            self.init in TRAIN_INITS,
+            f"{key}.init",
+            f"must be one of {', '.join(TRAIN_INITS)} (got {self.init!r})",
+        )
+        require(
+            self.init == "base" or self.method == "dpo",
+            f"{key}.init",
+            f"{self.init} applies to method dpo only (DPO continues from the SFT adapter); "
+            f"method {self.method} starts from the base",
+        )
+        require(
+            self.sft_learning_rate is None or 0 < self.sft_learning_rate <= 1,
+            f"{key}.sft_learning_rate",
+            "must be in (0, 1] or null",
+        )
         for name in ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps"):
             require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         require(0 <= self.lora_dropout < 1, f"{key}.lora_dropout", "must be in [0, 1)")

@@ -25,6 +25,16 @@ from .seeds import derive_seed
 
 # Table 1's rows, named for what each system is (the paper's names).
 BASE, PROACTIVE, OFFLINE_DPO = "Base", "Proactive Base", "Offline DPO from base"
+SFT, SFT_DPO = "SFT", "Offline DPO from SFT"  # train.method sft; dpo with train.init sft
+
+
+def trained_label(train_params) -> str:
+    """Table 1's name of the system `train_params` (params.train) trains: by method and init."""
+    if train_params.method == "sft":
+        return SFT
+    if train_params.method == "dpo":
+        return SFT_DPO if train_params.init == "sft" else OFFLINE_DPO
+    raise ValueError(f"train.method {train_params.method!r} has no Table 1 label")
 
 
 class Prompted:

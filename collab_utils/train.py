@@ -1,17 +1,20 @@
-"""DPO on preference pairs with LoRA: the only module that imports TRL.
+"""Training with LoRA: SFT, DPO, and DPO from the SFT adapter; the only module that imports TRL.
 
-    result = train.train_dpo(pairs, model="embedded", train_params=params.train,
-                             output_dir=params.run.train, seed=params.seed, reuse=True)
+    result = train.train_recipe(pairs, run.sft, model="embedded", train_params=params.train,
+                                output_dir=params.run.train, seed=params.seed, reuse=True)
     backend = llm.load_backend({"backend": "hf", "model": "embedded",
                                 "adapter": str(result.adapter_dir)})
 
-`trl.DPOTrainer` with a peft `LoraConfig` (paper defaults in `TrainParams`: r 32, alpha 16,
-dropout 0.1, all linear projections, beta 0.1, lr 5e-6). With CUDA and `quantize_4bit`
-auto/yes the base model loads in 4-bit NF4 (QLoRA); on CPU it is plain LoRA in float32.
-The reference model is the base itself (the adapter switched off), so no second copy is held.
+`train.method` picks the recipe: `dpo` (`trl.DPOTrainer` on the preference pairs) or `sft`
+(`trl.SFTTrainer` on the MR-chosen conversations of sft.jsonl, loss on assistant turns only).
+`train.init: sft` trains SFT first and continues DPO from that adapter (the paper-era recipe).
+Both use a peft `LoraConfig` (paper defaults in `TrainParams`: r 32, alpha 16, dropout 0.1, all
+linear projections; DPO beta 0.1, lr 5e-6). With CUDA and `quantize_4bit` auto/yes the base
+model loads in 4-bit NF4 (QLoRA); on CPU it is plain LoRA in float32. The DPO reference is the
+policy's starting point: the base (adapter switched off), or a frozen copy of the SFT adapter.
 
-Bad input fails before any weights load: an empty pair set, a tokenizer without a chat
-template, a model that cannot fit the memory at hand (estimated from its config.json).
+Bad input fails before any weights load (checks in `train_data`): an empty set, a record in
+another format, a tokenizer without a chat template, a model that cannot fit the memory at hand.
 """
 
 from __future__ import annotations
@@ -27,10 +30,34 @@ import pandas as pd
 from . import models
 from .config import TrainParams
 from .io import mark_done, save_pretrained, up_to_date, write_json, write_text
+from .params_yaml import KeyProblem, ParamsError
+from .train_data import (
+    fitting_pairs,
+    load_chat_tokenizer,
+    preference_records,
+    sft_dataset_rows,
+    sft_records,
+)
+from .train_logps import completion_logps, dpo_loss_on
 from .train_memory import GIB, check_memory
+
+__all__ = [
+    "TrainResult",
+    "completion_logps",
+    "dpo_loss_on",
+    "load_chat_tokenizer",
+    "preference_records",
+    "sft_trainer",
+    "train_dpo",
+    "train_recipe",
+    "train_sft",
+]
 
 CPU_NOTE = "no CUDA: plain LoRA on CPU in float32, QLoRA needs a GPU"
 _cpu_note_shown = False
+# Parameters train_dpo does not read: its inputs digest leaves them out (the SFT adapter it may
+# start from enters the digest through its weights instead).
+_NOT_DPO = ("method", "init", "sft_learning_rate")
 
 
 @dataclass
@@ -51,6 +78,45 @@ class _Plan:
         return "cuda-4bit" if self.quantize else self.device
 
 
+def train_recipe(
+    pairs: list[dict] | None,
+    conversations: list[dict] | str | Path | None,
+    *,
+    model: str,
+    train_params: TrainParams,
+    output_dir: str | Path,
+    seed: int = 0,
+    eval_pairs: list[dict] | None = None,
+    reuse: bool = False,
+) -> TrainResult:
+    """Train what `train_params.method` / `.init` say; the adapter lands in output_dir/adapter.
+
+    dpo + init base: `train_dpo` on `pairs`. sft: `train_sft` on `conversations` (sft.jsonl or
+    its records). dpo + init sft: `train_sft` into output_dir/sft, then `train_dpo` from it.
+    """
+    _check(train_params)
+    output_dir = Path(output_dir)
+    common = {"model": model, "train_params": train_params, "seed": seed, "reuse": reuse}
+    if train_params.method == "sft":
+        return train_sft(conversations, output_dir=output_dir, **common)
+    init_adapter = None
+    if train_params.init == "sft":
+        preference_records(pairs, "pairs")  # fail on bad pairs before the SFT run
+        init_adapter = train_sft(conversations, output_dir=output_dir / "sft", **common)
+        init_adapter = init_adapter.adapter_dir
+    return train_dpo(
+        pairs, output_dir=output_dir, eval_pairs=eval_pairs, init_adapter=init_adapter, **common
+    )
+
+
+def _check(train_params: TrainParams) -> None:
+    """Parameters built in code skip the params-file validation; the same checks here."""
+    try:
+        train_params.check("train")
+    except KeyProblem as problem:
+        raise ParamsError(f"key '{problem.key}': {problem.message}") from None
+
+
 def train_dpo(
     pairs: list[dict],
     *,
@@ -60,14 +126,21 @@ def train_dpo(
     seed: int = 0,
     eval_pairs: list[dict] | None = None,
     reuse: bool = False,
+    init_adapter: str | Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter with DPO; saves output_dir/adapter and output_dir/train_log.jsonl.
 
-    With `reuse=True` an adapter already trained in `output_dir` on these very pairs, model,
-    parameters and seed is returned as it is (`timing["reused"]` is True); nothing loads.
+    `init_adapter`: continue training that adapter (e.g. the SFT one); the reference is then
+    a frozen copy of it (TRL's "ref" adapter), not the base. With `reuse=True` an adapter
+    already trained in `output_dir` on these very pairs, model, parameters, seed and initial
+    adapter is returned as it is (`timing["reused"]` is True); nothing loads.
     """
     output_dir = Path(output_dir)
-    inputs = (pairs, eval_pairs, model, asdict(train_params), seed)
+    dpo_params = {k: v for k, v in asdict(train_params).items() if k not in _NOT_DPO}
+    inputs = (pairs, eval_pairs, model, dpo_params, seed)
+    if init_adapter is not None:
+        init_adapter = Path(init_adapter)
+        inputs += (init_adapter / "adapter_model.safetensors",)  # its weights, by their bytes
     marker = output_dir / "inputs.sha256"
     if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
         return _stored_result(output_dir)
@@ -77,49 +150,27 @@ def train_dpo(
     plan = _plan(train_params)
     check_memory(path, plan.memory_kind)
     tokenizer = load_chat_tokenizer(path, model)
-    records = _fitting(records, tokenizer, train_params.max_length, "pairs")
+    records = fitting_pairs(records, tokenizer, train_params.max_length, "pairs")
     if eval_records:
-        eval_records = _fitting(eval_records, tokenizer, train_params.max_length, "eval_pairs")
+        eval_records = fitting_pairs(eval_records, tokenizer, train_params.max_length, "eval_pairs")
 
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
     set_seed(seed)
-    policy = _load_policy(path, plan, train_params)
-    lora = LoraConfig(
-        r=train_params.lora_r,
-        lora_alpha=train_params.lora_alpha,
-        lora_dropout=train_params.lora_dropout,
-        target_modules=train_params.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    policy = _load_policy(path, plan, train_params, init_adapter)
     args = DPOConfig(
-        output_dir=str(output_dir / "trainer"),
-        per_device_train_batch_size=train_params.batch_size,
+        **_common_args(train_params, plan, output_dir, seed, train_params.learning_rate),
         per_device_eval_batch_size=train_params.batch_size,
-        gradient_accumulation_steps=train_params.gradient_accumulation_steps,
-        learning_rate=train_params.learning_rate,
-        num_train_epochs=train_params.epochs,
         beta=train_params.beta,
+        # TRL's DPO switches every dropout off by default, LoRA's too; keep the configured one.
+        disable_dropout=False,
         # sft_weight > 0: RPO-style DPO + NLL on the MR-chosen reply, TRL's own loss mix
         loss_type=["sigmoid", "sft"] if train_params.sft_weight > 0 else ["sigmoid"],
         loss_weights=[1.0, train_params.sft_weight] if train_params.sft_weight > 0 else None,
-        max_length=train_params.max_length,
         gradient_checkpointing=train_params.gradient_checkpointing,
-        # TRL defaults to bf16 autocast, also on CPU; float32 there, bf16 on CUDA.
-        bf16=plan.device == "cuda",
-        use_cpu=plan.device == "cpu",
-        # TRL switches every dropout off by default, LoRA's too; keep the configured one.
-        disable_dropout=False,
-        logging_steps=train_params.logging_steps,
-        report_to=train_params.report_to,
         eval_strategy="epoch" if eval_records else "no",
-        save_strategy="no",
-        seed=seed,
-        data_seed=seed,
     )
     trainer = DPOTrainer(
         model=policy,
@@ -127,8 +178,137 @@ def train_dpo(
         train_dataset=Dataset.from_list(records),
         eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
         processing_class=tokenizer,
-        peft_config=lora,
+        # a fresh adapter; a PeftModel (init_adapter) brings its own, TRL copies it as "ref"
+        peft_config=_lora_config(train_params) if init_adapter is None else None,
     )
+    extra = {"pairs": len(records), "init_adapter": str(init_adapter) if init_adapter else None}
+    return _run(
+        trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed
+    )
+
+
+def train_sft(
+    conversations: list[dict] | str | Path,
+    *,
+    model: str,
+    train_params: TrainParams,
+    output_dir: str | Path,
+    seed: int = 0,
+    reuse: bool = False,
+) -> TrainResult:
+    """Supervised fine-tuning of a LoRA adapter on conversations, loss on assistant turns only.
+
+        -log π(a_1..a_T | s) = -Σ_turns Σ_tokens log π(a_t,i | s, u_1, a_1, ..., u_t, a_t,<i)
+
+    `conversations`: sft.jsonl (stage 03's MR-chosen paths) or its records, {"messages": [...]}.
+
+    The mask: SmolLM2's chat template has no `{% generation %}` markers, so TRL's
+    `assistant_only_loss` cannot find the assistant tokens, and expanding each conversation into
+    one prompt/completion record per assistant turn (`completion_only_loss`) would repeat every
+    earlier turn once per later one. Instead each conversation is tokenised once by
+    `train_data.sft_features` into `input_ids` + `assistant_masks` (every assistant turn marked,
+    located by rendering the conversation turn by turn) and handed to `SFTTrainer` as a
+    pre-tokenised dataset: TRL builds the labels from that mask (-100 on system and user tokens
+    and on the role headers), exactly as it does for its own `assistant_only_loss`.
+
+    Saves output_dir/adapter, train_log.jsonl and train_summary.json; `reuse=True` returns an
+    adapter already trained in `output_dir` on the same conversations, model, parameters and seed.
+    """
+    output_dir = Path(output_dir)
+    records = sft_records(
+        conversations, str(conversations) if isinstance(conversations, (str, Path)) else "sft"
+    )
+    sft_params = {k: v for k, v in asdict(train_params).items() if k not in ("method", "init")}
+    inputs = ("sft", records, model, sft_params, seed)
+    marker = output_dir / "inputs.sha256"
+    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
+        return _stored_result(output_dir)
+    path = models.resolve(model)
+    plan = _plan(train_params)
+    check_memory(path, plan.memory_kind)
+    tokenizer = load_chat_tokenizer(path, model)
+    rows = sft_dataset_rows(records, tokenizer, train_params.max_length, "sft")
+
+    from transformers import set_seed
+
+    set_seed(seed)
+    trainer = sft_trainer(
+        rows,
+        tokenizer,
+        _load_policy(path, plan, train_params),
+        train_params,
+        plan,
+        output_dir,
+        seed,
+    )
+    extra = {"conversations": len(rows), "init_adapter": None}
+    return _run(
+        trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed
+    )
+
+
+def sft_trainer(
+    rows, tokenizer, policy, train_params: TrainParams, plan: _Plan, output_dir, seed=0
+):
+    """TRL's SFTTrainer on tokenised rows (`train_data.sft_dataset_rows`) with a fresh adapter."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    lr = train_params.sft_learning_rate or train_params.learning_rate
+    args = SFTConfig(
+        **_common_args(train_params, plan, Path(output_dir), seed, lr),
+        # CPU speed (see _common_args for bf16): SFTConfig turns gradient checkpointing on by
+        # default, which recomputes every layer's forward in the backward pass
+        gradient_checkpointing=train_params.gradient_checkpointing and plan.device == "cuda",
+        packing=False,
+        padding_free=False,  # needs FlashAttention; sequences are padded per batch instead
+        eval_strategy="no",
+    )
+    return SFTTrainer(
+        model=policy,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=_lora_config(train_params),
+    )
+
+
+def _common_args(train_params: TrainParams, plan: _Plan, output_dir: Path, seed: int, lr: float):
+    """TrainingArguments shared by the DPO and SFT configs."""
+    return {
+        "output_dir": str(output_dir / "trainer"),
+        "per_device_train_batch_size": train_params.batch_size,
+        "gradient_accumulation_steps": train_params.gradient_accumulation_steps,
+        "learning_rate": lr,
+        "num_train_epochs": train_params.epochs,
+        "max_length": train_params.max_length,
+        # TRL defaults to bf16 autocast, also on CPU; float32 there, bf16 on CUDA.
+        "bf16": plan.device == "cuda",
+        "use_cpu": plan.device == "cpu",
+        "logging_steps": train_params.logging_steps,
+        "report_to": train_params.report_to,
+        "save_strategy": "no",
+        "seed": seed,
+        "data_seed": seed,
+    }
+
+
+def _lora_config(train_params: TrainParams):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=train_params.lora_r,
+        lora_alpha=train_params.lora_alpha,
+        lora_dropout=train_params.lora_dropout,
+        target_modules=train_params.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _run(trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed):
+    """Train, then write the adapter, the log and the summary; the result as `TrainResult`."""
+    import torch
+
     if plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -141,7 +321,7 @@ def train_dpo(
         "reused": False,
         "device": plan.device,
         "quantized_4bit": plan.quantize,
-        "pairs": len(records),
+        **extra,
         "steps": steps,
         "train_seconds": round(seconds, 3),  # evaluations included
         "eval_seconds": round(eval_seconds, 3),
@@ -178,38 +358,6 @@ def _stored_result(output_dir: Path) -> TrainResult:
     )
 
 
-def preference_records(pairs: list[dict] | None, name: str) -> list[dict]:
-    """The prompt/chosen/rejected part of each pair, checked; metadata stays out of training."""
-    if not pairs:
-        raise ValueError(
-            f"{name} is empty: there are no preference pairs to train on. The pair builder drops "
-            "turns whose best and worst MR differ by less than `pairs.min_gap`; lower min_gap, "
-            "score more candidates per turn, or generate more turns."
-        )
-    records = []
-    for index, pair in enumerate(pairs):
-        record = {key: pair.get(key) for key in ("prompt", "chosen", "rejected")}
-        if not all(_is_messages(record[key]) for key in record):
-            raise ValueError(
-                f"{name}[{index}]: expected TRL's conversational preference format: 'prompt', "
-                "'chosen' and 'rejected' as non-empty lists of {'role', 'content'} messages"
-            )
-        if record["prompt"][-1]["role"] != "user":
-            raise ValueError(f"{name}[{index}]: the prompt must end with a user message")
-        if any(m["role"] != "assistant" for m in record["chosen"] + record["rejected"]):
-            raise ValueError(f"{name}[{index}]: chosen and rejected must be assistant messages")
-        records.append(record)
-    return records
-
-
-def _is_messages(value) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
-    )
-
-
 def _plan(train_params: TrainParams) -> _Plan:
     """Where and how to train: QLoRA on CUDA (unless quantize_4bit is no), LoRA on CPU."""
     import torch
@@ -241,167 +389,41 @@ def _require_bitsandbytes() -> None:
         ) from None
 
 
-def load_chat_tokenizer(path: str | Path, name: str):
-    """The model's tokenizer, with a pad token; fails when it has no chat template."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        raise ValueError(
-            f"{name}: the tokenizer has no chat template, so conversations cannot be rendered for "
-            "DPO. Use an instruct/chat model, or add a chat_template.jinja to the model folder."
-        )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _fitting(records: list[dict], tokenizer, max_length: int, name: str) -> list[dict]:
-    """The records whose prompt leaves room for a reply within max_length (TRL drops the rest)."""
-    kept = [r for r in records if len(_prompt_ids(tokenizer, r["prompt"])) < max_length]
-    if not kept:
-        raise ValueError(
-            f"{name}: every prompt fills train.max_length = {max_length} tokens, so no reply "
-            "token is left to train on; raise max_length."
-        )
-    if len(kept) < len(records):
-        print(
-            f"{name}: {len(records) - len(kept)} of {len(records)} left out (prompt >= max_length)"
-        )
-    return kept
-
-
-def _prompt_ids(tokenizer, prompt: list[dict]) -> list[int]:
-    return tokenizer.apply_chat_template(
-        prompt, tokenize=True, add_generation_prompt=True, return_dict=True
-    )["input_ids"]
-
-
-def _load_policy(path, plan: _Plan, train_params: TrainParams):
+def _load_policy(path, plan: _Plan, train_params: TrainParams, init_adapter: Path | None = None):
+    """The base model (4-bit on CUDA unless quantize_4bit is no), with `init_adapter` loaded
+    trainable on top when given."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if not plan.quantize:
         dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16, quantization_config=quantization, device_map={"": 0}
-    )
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=train_params.gradient_checkpointing
-    )
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16, quantization_config=quantization, device_map={"": 0}
+        )
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train_params.gradient_checkpointing
+        )
+    if init_adapter is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
 
 
 def _save_adapter(model, tokenizer, target: Path) -> Path:
-    """Save adapter and tokenizer beside `target`, then swap it in (never half-written)."""
+    """Save adapter and tokenizer beside `target`, then swap it in (never half-written).
+    Only the trained adapter: DPO from an adapter also holds TRL's frozen "ref" copy of it."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
     return save_pretrained(target, model, tokenizer, replace=True)
-
-
-def completion_logps(
-    pairs: list[dict],
-    model: str = "embedded",
-    adapter_dir: str | Path | None = None,
-    *,
-    max_length: int | None = None,
-    batch_size: int = 4,
-) -> pd.DataFrame:
-    """Summed log-probabilities of each pair's chosen and rejected completion, under the policy
-    (base + adapter) and the reference (base), one row per pair.
-
-    Tokenised as TRL does (chat template, completion after the common prefix, keep-start
-    truncation at max_length). Without an adapter, policy and reference are the same model.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-    from trl.data_utils import common_prefix_length
-
-    records = preference_records(pairs, "pairs")
-    path = models.resolve(model)
-    tokenizer = load_chat_tokenizer(path, model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    reference = contextlib.nullcontext
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        policy = PeftModel.from_pretrained(policy, str(adapter_dir))
-        reference = policy.disable_adapter
-    policy.eval()
-
-    def tokenized(record: dict) -> list[tuple[list[int], int]]:
-        """(ids, completion start) of prompt + chosen, then of prompt + rejected."""
-        prompt_ids = _prompt_ids(tokenizer, record["prompt"])
-        full = [
-            tokenizer.apply_chat_template(
-                record["prompt"] + record[key], tokenize=True, return_dict=True
-            )["input_ids"]
-            for key in ("chosen", "rejected")
-        ]
-        start = min(common_prefix_length(prompt_ids, ids) for ids in full)
-        return [(ids[:max_length] if max_length else ids, start) for ids in full]
-
-    def summed(sequences: list[tuple[list[int], int]]):
-        """Summed log-probabilities of each sequence's completion tokens, in one padded batch."""
-        width = max(len(ids) for ids, _ in sequences)
-        rows = [(ids, start, width - len(ids)) for ids, start in sequences]
-        input_ids = torch.tensor([ids + [0] * pad for ids, _, pad in rows], device=device)
-        attention = torch.tensor([[1] * len(ids) + [0] * pad for ids, _, pad in rows])
-        completion = torch.tensor(
-            [[0] * start + [1] * (len(ids) - start) + [0] * pad for ids, start, pad in rows]
-        )
-        logits = policy(input_ids=input_ids, attention_mask=attention.to(device)).logits
-        logits = logits[:, :-1].float()
-        targets = input_ids[:, 1:, None]
-        logps = logits.gather(-1, targets)[..., 0] - logits.logsumexp(-1)
-        return (logps * completion[:, 1:].to(device)).sum(-1).view(-1, 2).tolist()
-
-    rows = []
-    with torch.inference_mode():
-        for first in range(0, len(records), batch_size):
-            sequences = [s for r in records[first : first + batch_size] for s in tokenized(r)]
-            policy_logps = summed(sequences)
-            with reference():
-                reference_logps = summed(sequences)
-            for (pc, pr), (rc, rr) in zip(policy_logps, reference_logps):
-                rows.append(
-                    {
-                        "policy_chosen": pc,
-                        "policy_rejected": pr,
-                        "reference_chosen": rc,
-                        "reference_rejected": rr,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def dpo_loss_on(
-    pairs: list[dict],
-    model: str = "embedded",
-    adapter_dir: str | Path | None = None,
-    *,
-    beta: float = 0.1,
-    max_length: int | None = None,
-    batch_size: int = 4,
-) -> float:
-    """Mean DPO (sigmoid) loss of policy = base + adapter against reference = base on `pairs`:
-    -log σ(β[(π_c - ref_c) - (π_r - ref_r)]) over `completion_logps`. Without an adapter: ln 2."""
-    import numpy as np
-
-    logps = completion_logps(
-        pairs, model, adapter_dir, max_length=max_length, batch_size=batch_size
-    )
-    margins = beta * (
-        (logps.policy_chosen - logps.reference_chosen)
-        - (logps.policy_rejected - logps.reference_rejected)
-    )
-    return float(np.logaddexp(0.0, -margins).mean())
