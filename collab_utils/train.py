@@ -39,7 +39,7 @@ from .train_data import (
     sft_records,
 )
 from .train_logps import completion_logps, dpo_loss_on
-from .train_memory import GIB, check_memory
+from .train_memory import GIB, check_memory, cpu_threads
 
 __all__ = [
     "TrainResult",
@@ -312,7 +312,8 @@ def _run(trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, tra
     if plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    trainer.train()
+    with cpu_threads(plan.device):
+        trainer.train()
     seconds = time.perf_counter() - started
     history = trainer.state.log_history
     eval_seconds = sum(row.get("eval_runtime", 0.0) for row in history)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import models
 from .train_data import load_chat_tokenizer, preference_records, prompt_ids
+from .train_memory import cpu_threads
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -93,7 +94,7 @@ def completion_logps(
         return (logps * completion[:, 1:].to(device)).sum(-1).view(-1, 2).tolist()
 
     rows = []
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_threads(device):
         for first in range(0, len(records), batch_size):
             sequences = [s for r in records[first : first + batch_size] for s in tokenized(r)]
             policy_logps = summed(sequences)
