@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser(
         "run",
-        help="run the stage notebooks 01-05 for a params file",
-        description="Reads PARAMS (validated first) and runs the stage notebooks 01-05 through "
+        help="run the stage notebooks 00-05 for a params file",
+        description="Reads PARAMS (validated first) and runs the stage notebooks 00-05 through "
         "papermill. Writes outputs/<run_name>/: params.yaml, env.json, the executed notebooks, "
         "tables, pairs.jsonl, train/adapter/, metrics.json, figures/, report.html. A run with "
         "--set is named after its overrides unless run_name is set. Example: "
