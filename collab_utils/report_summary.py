@@ -122,12 +122,12 @@ def _scatter(run: RunFolder) -> str:
 def summary_html(run_dir: str | Path, notebooks: list[Path]) -> str:
     """The summary section placed before the notebooks."""
     run = RunFolder(run_dir)
-    params = config.load(run.params)
+    params = config.load(run.params) if run.params.is_file() else None
     env = json.loads(run.env.read_text()) if run.env.is_file() else {}
     metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
     models = [
         [role, spec.backend, spec.model, spec.adapter or ""]
-        for role, spec in vars(params.models).items()
+        for role, spec in (vars(params.models).items() if params else [])
     ]
     times = stage_seconds(notebooks)
     total = sum(t for _, t in times if t is not None)
@@ -153,7 +153,7 @@ def summary_html(run_dir: str | Path, notebooks: list[Path]) -> str:
         _table(
             "Settings that differ from the defaults",
             ["key", "default", "this run"],
-            changed_settings(params),
+            changed_settings(params) if params else [],
         ),  # fmt: skip
     ]
     return f'<style>{STYLE}</style><section class="run-summary" id="run-summary">{"".join(parts)}</section>'
