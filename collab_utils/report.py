@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from .io import write_text
-from .report_summary import summary_html
+from .report_summary import stage_seconds, summary_html
 from .run_folder import RunFolder
 
 NO_SCRIPT = "data:text/javascript,"
@@ -145,8 +145,10 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
     if not notebooks:
         raise FileNotFoundError(f"{run_dir}: no executed notebooks to report")
     merged = nbformat.v4.new_notebook()
+    times = []
     for path in notebooks:
         notebook = nbformat.reads(Path(path).read_text(), as_version=4)
+        times.append((Path(path).stem, stage_seconds(notebook)))
         merged.metadata = merged.metadata or notebook.metadata
         merged.cells.append(nbformat.v4.new_markdown_cell(f"# Stage: {_text(Path(path).stem)}"))
         for index, cell in enumerate(notebook.cells):
@@ -166,5 +168,5 @@ def build(run_dir: str | Path, notebooks: list[Path] | None = None) -> Path:
         mathjax_url=NO_SCRIPT,
     )
     body, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": run_dir.name}})
-    body = BODY_OPEN.sub(lambda m: m[0] + summary_html(run, notebooks), body, count=1)
+    body = BODY_OPEN.sub(lambda m: m[0] + summary_html(run, times), body, count=1)
     return write_text(run.report, with_csp(body))

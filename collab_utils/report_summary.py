@@ -9,7 +9,6 @@ files a user may not have written.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import math
@@ -53,22 +52,17 @@ def changed_settings(params: config.Params) -> list[tuple[str, object, object]]:
                 out[name] = value
         return out
 
-    default = flat(dataclasses.asdict(config.Params()))
-    default.pop("source_file", None), default.pop("overrides", None)
+    default = flat(config.Params().to_dict())
     mine = flat(params.to_dict())
     return [
         (key, default.get(key), value) for key, value in mine.items() if default.get(key) != value
     ]
 
 
-def stage_seconds(notebooks: list[Path]) -> list[tuple[str, float | None]]:
-    """Wall time of each executed notebook, from the metadata papermill writes."""
-    times = []
-    for path in notebooks:
-        meta = json.loads(Path(path).read_text()).get("metadata", {}).get("papermill", {})
-        duration = meta.get("duration")
-        times.append((Path(path).stem, float(duration) if duration is not None else None))
-    return times
+def stage_seconds(notebook) -> float | None:
+    """Wall time of an executed notebook (an nbformat node), from the metadata papermill writes."""
+    duration = notebook.metadata.get("papermill", {}).get("duration")
+    return float(duration) if duration is not None else None
 
 
 def _cell(value) -> str:
@@ -119,8 +113,8 @@ def _scatter(run: RunFolder) -> str:
     return "<p>No PNG of the MR scatter (Chromium absent): see notebook 02 below.</p>"
 
 
-def summary_html(run_dir: str | Path, notebooks: list[Path]) -> str:
-    """The summary section placed before the notebooks."""
+def summary_html(run_dir: str | Path, times: list[tuple[str, float | None]]) -> str:
+    """The summary section placed before the notebooks; `times`: (stage, seconds) per stage."""
     run = RunFolder(run_dir)
     params = config.load(run.params) if run.params.is_file() else None
     env = json.loads(run.env.read_text()) if run.env.is_file() else {}
@@ -129,7 +123,6 @@ def summary_html(run_dir: str | Path, notebooks: list[Path]) -> str:
         [role, spec.backend, spec.model, spec.adapter or ""]
         for role, spec in (vars(params.models).items() if params else [])
     ]
-    times = stage_seconds(notebooks)
     total = sum(t for _, t in times if t is not None)
     machine = f"{env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores"
     if env.get("gpu"):
