@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -334,17 +335,18 @@ def _run(trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, tra
             round(torch.cuda.max_memory_allocated() / GIB, 3) if plan.device == "cuda" else None
         ),
     }
-    adapter_dir = _save_adapter(trainer.model, tokenizer, output_dir / "adapter")
-    with contextlib.suppress(OSError):  # the trainer's folder stays empty: no checkpoints
-        (output_dir / "trainer").rmdir()
-    log_path = write_text(
-        output_dir / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in history)
-    )
-    write_json(
-        output_dir / "train_summary.json",
-        {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
-    )
-    mark_done(marker, *inputs)
+    adapter_dir, log_path = output_dir / "adapter", output_dir / "train_log.jsonl"
+    if trainer.is_world_process_zero():  # under `accelerate launch`: one writer, the others wait
+        _save_adapter(trainer.model, tokenizer, adapter_dir)
+        with contextlib.suppress(OSError):  # the trainer's folder stays empty: no checkpoints
+            (output_dir / "trainer").rmdir()
+        write_text(log_path, "".join(json.dumps(row) + "\n" for row in history))
+        write_json(
+            output_dir / "train_summary.json",
+            {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
+        )
+        mark_done(marker, *inputs)
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(adapter_dir, _log_rows(history), timing, log_path)
 
 
@@ -413,7 +415,11 @@ def _load_policy(path, plan: _Plan, train_params: TrainParams, init_adapter: Pat
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.bfloat16, quantization_config=quantization, device_map={"": 0}
+            path,
+            dtype=torch.bfloat16,
+            quantization_config=quantization,
+            # each process of `accelerate launch` on its own GPU (LOCAL_RANK), else GPU 0
+            device_map={"": int(os.environ.get("LOCAL_RANK", 0))},
         )
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=train_params.gradient_checkpointing
