@@ -36,6 +36,26 @@ def main(argv: list[str] | None = None) -> int:
         help="override a parameter (repeatable)",
     )
 
+    train_cmd = commands.add_parser(
+        "train",
+        help="train the adapter of a run (stage 04's training step), also under accelerate launch",
+        description="Reads PARAMS and the run's pairs.jsonl (and sft.jsonl for train.method sft "
+        "or train.init sft) written by stage 03, and trains what train.method says into "
+        "outputs/<run_name>/train/, with the very call notebook 04 makes: stage 04 of a later "
+        "`run` reuses that adapter. Runs unchanged with several processes: "
+        "accelerate launch --config_file params/accelerate/ddp_gpus.yaml "
+        "-m collab_utils train params/gpu_qlora.yaml",
+    )
+    train_cmd.add_argument("params", help="a params YAML file whose run has pairs.jsonl")
+    train_cmd.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (repeatable)",
+    )
+
     sweep = commands.add_parser(
         "sweep",
         help="one run per value of a sweep file, then a report",
@@ -100,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             print(runs.summary(runs.run(args.params, args.overrides)))
+        elif args.command == "train":
+            return _train_command(args.params, args.overrides)
         elif args.command == "sweep":
             print(f"sweep folder: {runs.sweep(args.sweep_file)}")
         elif args.command == "bench":
@@ -117,6 +139,30 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ParamsError, runs.StageError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _train_command(params_file: str, overrides: list[str]) -> int:
+    """Notebook 04's `train_recipe` call on the run's pairs; rank 0 prints the result."""
+    from . import config, pairs, train
+
+    params = config.load(params_file, overrides)
+    run = params.run
+    if not run.pairs.is_file():
+        raise config.ParamsError(f"{run.pairs}: no pairs yet; run stages 00-03 first")
+    pair_list = pairs.read_jsonl(run.pairs)
+    result = train.train_recipe(
+        pair_list,
+        run.sft,
+        model=params.models.assistant.model,
+        train_params=params.train,
+        output_dir=run.train,
+        seed=params.seed,
+        eval_pairs=pair_list,
+        reuse=True,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        print(f"adapter: {result.adapter_dir}; {result.timing}")
     return 0
 
 
