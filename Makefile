@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 endif
 
-.PHONY: setup demo experiment test lint format bench student lab clean
+.PHONY: setup demo experiment test lint format bench student lab clean llama-server
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -54,6 +54,22 @@ test: lint
 
 bench: setup
 	$(PY) -m collab_utils bench --out outputs/bench.json
+
+# Opt-in (about 10 minutes on 2 cores, not part of `make test`): llama.cpp's own `llama-server`,
+# built from the llama.cpp source inside the pinned llama-cpp-python source package. The bench
+# measures the engine against it when build/llama-server/bin/llama-server exists.
+LLAMA_CPP_VERSION := $(shell grep -m1 '^llama_cpp_python==' constraints.txt | cut -d= -f3)
+LLAMA_BUILD := build/llama-server
+llama-server: $(LLAMA_BUILD)/bin/llama-server
+
+$(LLAMA_BUILD)/bin/llama-server:
+	mkdir -p $(LLAMA_BUILD)/src
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_BUILD)/src llama_cpp_python==$(LLAMA_CPP_VERSION)
+	tar -xzf $(LLAMA_BUILD)/src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_BUILD)/src
+	cmake -S $(LLAMA_BUILD)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp -B $(LLAMA_BUILD)/cmake \
+		-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+	cmake --build $(LLAMA_BUILD)/cmake --target llama-server -j $$(nproc)
+	mkdir -p $(LLAMA_BUILD)/bin && cp $(LLAMA_BUILD)/cmake/bin/llama-server $@
 
 # JupyterLab on the notebooks, with this project's kernel (also registered for your user, so a
 # JupyterLab installed elsewhere finds it as "CollabLLM (this project)").

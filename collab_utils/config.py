@@ -37,7 +37,8 @@ __all__ = ["ParamsError", "Params", "Sampling", "describe", "load", "parse_value
 BACKENDS = ("hf", "openai", "agenda")
 DOC_METRICS = ("paper_bleu", "word_bleu")  # metrics.DOC_METRICS
 TOKEN_TURNS = ("window", "assistant")
-TRAIN_METHODS = ("dpo", "sft")  # built; the paper's online DPO and PPO/GRPO are not (yet)
+TRAIN_METHODS = ("dpo", "sft", "online_dpo", "grpo")
+ONLINE_METHODS = ("online_dpo", "grpo")  # sample from the policy, score by MR while training
 TRAIN_INITS = ("base", "sft")
 # The paper's token price λ per task kind (its runs: documents 1e-4, code and math 5e-4).
 LAM_PRESETS = {"doc": 1e-4, "code": 5e-4, "math": 5e-4, "qa": 5e-4}
@@ -51,7 +52,9 @@ class ModelSpec:
     model: str = "embedded"
     adapter: str | None = None
     dtype: str = "auto"
-    batch_size: int = 16
+    batch_size: int = 64  # hf: most rows in one generate call
+    batch_tokens: int = 32768  # hf: key/value budget, rows x (longest prompt + new tokens)
+    reuse_prefixes: bool = True  # hf: shared prompt prefixes computed once per batch
     load_in_4bit: bool = False
     base_url: str | list[str] | None = None  # openai: one server or a list (least-loaded)
     adapter_name: str | None = None  # openai: a LoRA the server serves under this name
@@ -68,6 +71,7 @@ class ModelSpec:
             "must be auto, float32, bfloat16 or float16",
         )
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        require(self.batch_tokens >= 1, f"{key}.batch_tokens", "must be >= 1")
         require(self.concurrency >= 1, f"{key}.concurrency", "must be >= 1")
         require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
         require(0 < self.timeout_s <= 86400, f"{key}.timeout_s", "must be in (0, 86400]")
@@ -221,8 +225,12 @@ class PairParams:
 class TrainParams:
     """The training recipe with LoRA (paper defaults); 4-bit NF4 QLoRA when CUDA is present.
 
-    method: dpo (offline DPO on pairs.jsonl) or sft (on sft.jsonl, assistant turns only);
+    method: dpo (offline DPO on pairs.jsonl), sft (on sft.jsonl, assistant turns only),
+    online_dpo (rounds of: G samples of the current adapter per context, scored by MR, best vs
+    worst, DPO) or grpo (TRL's GRPOTrainer, MR of each of G samples as the reward);
     init: base, or sft (method dpo only: SFT first, then DPO from the SFT adapter).
+    group_size (G) and futures (S, null: reward.n_samples) apply to online_dpo and grpo,
+    online_rounds to online_dpo.
     """
 
     method: str = "dpo"
@@ -243,14 +251,27 @@ class TrainParams:
     report_to: str = "none"
     logging_steps: int = 1
     sft_weight: float = 0.0  # > 0: DPO + this weight × NLL of the chosen reply (TRL "sft" loss)
+    group_size: int = 4  # G: responses sampled from the policy per context (online_dpo, grpo)
+    futures: int | None = None  # S: simulated futures per sampled response; null: reward.n_samples
+    online_rounds: int = 2  # online_dpo: sample -> score -> DPO rounds
 
     def check(self, key: str) -> None:
         require(
             self.method in TRAIN_METHODS,
             f"{key}.method",
-            f"must be one of {', '.join(TRAIN_METHODS)} (got {self.method!r}; online_dpo and grpo "
-            "are not built yet)",
+            f"must be one of {', '.join(TRAIN_METHODS)} (got {self.method!r})",
         )
+        require(
+            self.group_size >= 2 or self.method not in ONLINE_METHODS,
+            f"{key}.group_size",
+            f"must be >= 2 for method {self.method} (got {self.group_size}): it compares the G "
+            "responses sampled for one context (best vs worst, or each against the group mean)",
+        )
+        require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")
+        require(
+            self.futures is None or self.futures >= 1, f"{key}.futures", "must be >= 1 or null"
+        )
+        require(self.online_rounds >= 1, f"{key}.online_rounds", "must be >= 1")
         require(
             self.init in TRAIN_INITS,
             f"{key}.init",

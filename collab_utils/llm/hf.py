@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 from .. import models
 from ..cache import Entry, GenerationCache
 from ..config import ModelSpec
+from . import batching
 from .base import Backend, BackendError
 
 
@@ -120,34 +121,62 @@ class HFBackend(Backend):
 
     def _generate(self, conversations, params, seeds, desc):
         prompts = self.prompt_ids(conversations)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        size = self.spec.batch_size
-        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        batches = batching.plan(
+            prompts,
+            max_rows=self.spec.batch_size,
+            max_tokens=self.spec.batch_tokens,
+            new_tokens=params["max_new_tokens"],
+            reuse_prefixes=self.spec.reuse_prefixes,
+        )
         results: dict[int, Entry] = {}
         bar = tqdm(total=len(prompts), desc=desc, disable=desc is None, leave=False)
         for batch in batches:
-            rows = [prompts[i] for i in batch]
-            generated = self.generate_ids(rows, params, [seeds[i] for i in batch])
-            for i, ids in zip(batch, generated):
+            generated = self.generate_ids(
+                [prompts[i] for i in batch.rows],
+                params,
+                [seeds[i] for i in batch.rows],
+                prefix_lengths=batch.prefix_lengths,
+            )
+            for i, ids in zip(batch.rows, generated):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 results[i] = Entry(text, len(prompts[i]), len(ids))
-            bar.update(len(batch))
+            bar.update(len(batch.rows))
         bar.close()
         return [results[i] for i in range(len(prompts))]
 
     def generate_ids(
-        self, rows: list[list[int]], params: dict, seeds: list[int]
+        self,
+        rows: list[list[int]],
+        params: dict,
+        seeds: list[int],
+        prefix_lengths: list[int] | None = None,
     ) -> list[list[int]]:
-        """One left-padded `generate` call; returns the new ids of each row up to its end."""
+        """One batched `generate` call; returns the new ids of each row up to its end.
+
+        Rows are left-padded. With `prefix_lengths`, each distinct prefix `row[:p]` is run
+        through the model once and its key/value cache copied to the rows that share it; the
+        rows then continue from their suffixes (padded between prefix and suffix; positions
+        follow the attention mask, so each row sees the same positions as without reuse).
+        """
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
-        width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor(
-            [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device
-        )
+        cache = None
+        if prefix_lengths is None:
+            input_ids, mask = _left_padded(rows, pad)
+        else:
+            prefixes = [tuple(r[:p]) for r, p in zip(rows, prefix_lengths)]
+            unique = list(dict.fromkeys(prefixes))
+            cache = self._prefix_cache([list(u) for u in unique], pad)
+            cache.batch_select_indices(
+                torch.tensor([unique.index(p) for p in prefixes], device=self.device)
+            )
+            head_ids, head_mask = _left_padded([list(p) for p in prefixes], pad)
+            tail_ids, tail_mask = _left_padded([r[p:] for r, p in zip(rows, prefix_lengths)], pad)
+            input_ids = [h + t for h, t in zip(head_ids, tail_ids)]
+            mask = [h + t for h, t in zip(head_mask, tail_mask)]
+        width = len(input_ids[0])
         processors = LogitsProcessorList()
         if params["temperature"] > 0:
             processors.append(
@@ -161,8 +190,9 @@ class HFBackend(Backend):
         )
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
+                input_ids=torch.tensor(input_ids, device=self.device),
+                attention_mask=torch.tensor(mask, device=self.device),
+                cache=cache,
                 generation_config=config,
                 logits_processor=processors,
             )
@@ -172,6 +202,26 @@ class HFBackend(Backend):
             end = next((j for j, t in enumerate(row) if t in stops), len(row))
             new_ids.append(row[:end])
         return new_ids
+
+    def _prefix_cache(self, prefixes: list[list[int]], pad: int):
+        """The key/value cache of left-padded prefixes, one forward pass, no logits kept."""
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = _left_padded(prefixes, pad)
+        mask = torch.tensor(mask, device=self.device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(
+                input_ids=torch.tensor(ids, device=self.device),
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return cache
 
     def _digit_probabilities(self, conversations):
         """p(next token = d) for d = 0..9 after the reply prefix "Score: ", in batches."""
@@ -183,14 +233,11 @@ class HFBackend(Backend):
         digit_ids = [ids[0] for ids in digits]
         prefix = self.tokenizer("Score: ", add_special_tokens=False).input_ids
         rows = [ids + prefix for ids in self.prompt_ids(conversations)]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out: dict[int, list[float]] = {}
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.spec.batch_size):
-            batch = order[start : start + self.spec.batch_size]
-            width = max(len(rows[i]) for i in batch)
-            ids = [[pad] * (width - len(rows[i])) + rows[i] for i in batch]
-            mask = [[0] * (width - len(rows[i])) + [1] * len(rows[i]) for i in batch]
+        limits = {"max_rows": self.spec.batch_size, "max_tokens": self.spec.batch_tokens}
+        for planned in batching.plan(rows, **limits, new_tokens=0, reuse_prefixes=False):
+            batch = planned.rows
+            ids, mask = _left_padded([rows[i] for i in batch], self.tokenizer.pad_token_id)
             with torch.inference_mode():
                 logits = self.model(
                     input_ids=torch.tensor(ids, device=self.device),
@@ -207,3 +254,10 @@ class HFBackend(Backend):
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
             ids.append(self.tokenizer.eos_token_id)
         return ids
+
+
+def _left_padded(rows: list[list[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Rows padded on the left to one width, and their attention masks."""
+    width = max(len(r) for r in rows)
+    ids = [[pad] * (width - len(r)) + r for r in rows]
+    return ids, [[0] * (width - len(r)) + [1] * len(r) for r in rows]
