@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import (
+    bench_engine,
     bench_servers,
     config,
     datagen,
@@ -276,6 +277,15 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     if with_server:
         results["openai_llama_cpp"] = openai_tokens_per_second()
         results["servers"] = bench_servers.run(repeats=1)
+    peer = bench_engine.run(SAMPLING, conversations(bench_engine.N_REQUESTS))
+    results["engine_vs_llama_server"] = peer
+    for key in (
+        "engine_vs_llama_server_requests",
+        "engine_vs_llama_server_rollout",
+        "engine_after_vs_before_requests",
+        "engine_after_vs_before_rollout",
+    ):
+        results[key] = peer.get(key, "skipped: no llama-server (make llama-server)")
     results["cache_hit"] = cache_hit_latency(hf)
     results["sandbox"] = sandbox.measure_overhead()
     results["rollouts"] = bench_rollouts()

@@ -111,6 +111,11 @@ def environment() -> dict:
     try:
         import torch
 
+        info["threads"] = {
+            "torch_intra_op": torch.get_num_threads(),
+            "torch_inter_op": torch.get_num_interop_threads(),
+            **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM")},
+        }
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             info["gpu"] = {

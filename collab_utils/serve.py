@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -85,20 +86,22 @@ class LlamaServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout_s: float = 180.0) -> str:
-        """Start the server (if it is not running) and wait until it answers; its base URL."""
-        _require_llama_cpp()
-        if self.alive:
-            return self.url
-        log = tempfile.NamedTemporaryFile(prefix="llama_server.", suffix=".log", delete=False)
-        self.log_path = log.name
+    def command(self) -> list[str]:
         launch = (
             ["-c", _FRESH_CONTEXT_LAUNCHER] if self.fresh_context else ["-m", "llama_cpp.server"]
         )
         command = [sys.executable, *launch, "--model", self.model_path]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
-        command += ["--model_alias", SERVED_NAME, "--n_threads", str(self.n_threads)]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        return command + ["--model_alias", SERVED_NAME, "--n_threads", str(self.n_threads)]
+
+    def start(self, timeout_s: float = 180.0) -> str:
+        """Start the server (if it is not running) and wait until it answers; its base URL."""
+        self.require()
+        if self.alive:
+            return self.url
+        log = tempfile.NamedTemporaryFile(prefix="llama_server.", suffix=".log", delete=False)
+        self.log_path = log.name
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         try:
             _wait_ready(self.url, self.process, self.log_path, timeout_s)
@@ -106,6 +109,9 @@ class LlamaServer:
             self.stop()
             raise
         return self.url
+
+    def require(self) -> None:
+        _require_llama_cpp()
 
     def kill(self) -> None:
         """SIGKILL, as a crash: requests in flight are dropped, new connections refused."""
@@ -129,6 +135,36 @@ class LlamaServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+LLAMA_SERVER_BIN = Path(__file__).resolve().parents[1] / "build/llama-server/bin/llama-server"
+
+
+class NativeLlamaServer(LlamaServer):
+    """llama.cpp's own `llama-server` (built by `make llama-server`) with `slots` parallel
+    sequences and continuous batching: the peer the engine's speed is measured against."""
+
+    def __init__(self, model_path: str | None = None, *, slots: int = 8, **options):
+        options.setdefault("n_ctx", 2048)
+        super().__init__(model_path, fresh_context=False, **options)
+        self.slots = slots
+
+    def require(self) -> None:
+        if not LLAMA_SERVER_BIN.exists():
+            raise RuntimeError(f"{LLAMA_SERVER_BIN} is missing: build it with `make llama-server`")
+
+    def command(self) -> list[str]:
+        command = [str(LLAMA_SERVER_BIN), "--model", self.model_path, "--alias", SERVED_NAME]
+        command += [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            str(self.n_threads),
+        ]
+        # --ctx-size is shared by the slots: each gets n_ctx tokens
+        return command + ["--parallel", str(self.slots), "--ctx-size", str(self.n_ctx * self.slots)]
 
 
 @contextlib.contextmanager

@@ -166,16 +166,7 @@ class HFBackend(Backend):
         if prefix_lengths is None:
             input_ids, mask = _left_padded(rows, pad)
         else:
-            prefixes = [tuple(r[:p]) for r, p in zip(rows, prefix_lengths)]
-            unique = list(dict.fromkeys(prefixes))
-            cache = self._prefix_cache([list(u) for u in unique], pad)
-            cache.batch_select_indices(
-                torch.tensor([unique.index(p) for p in prefixes], device=self.device)
-            )
-            head_ids, head_mask = _left_padded([list(p) for p in prefixes], pad)
-            tail_ids, tail_mask = _left_padded([r[p:] for r, p in zip(rows, prefix_lengths)], pad)
-            input_ids = [h + t for h, t in zip(head_ids, tail_ids)]
-            mask = [h + t for h, t in zip(head_mask, tail_mask)]
+            cache, input_ids, mask = self._shared_prefix_inputs(rows, prefix_lengths, pad)
         width = len(input_ids[0])
         processors = LogitsProcessorList()
         if params["temperature"] > 0:
@@ -209,23 +200,55 @@ class HFBackend(Backend):
         from transformers import DynamicCache
 
         ids, mask = _left_padded(prefixes, pad)
-        mask = torch.tensor(mask, device=self.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            self.model(
-                input_ids=torch.tensor(ids, device=self.device),
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            self.model(**self._inputs(ids, mask), cache=cache, use_cache=True, logits_to_keep=1)
         return cache
+
+    def _last_logits(self, rows: list[list[int]], prefix_lengths: list[int] | None):
+        """Next-token logits after each row, one batch; shared prefixes computed once."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        cache = None
+        if prefix_lengths is None:
+            ids, mask = _left_padded(rows, pad)
+        else:
+            cache, ids, mask = self._shared_prefix_inputs(rows, prefix_lengths, pad)
+        inputs = self._inputs(ids, mask)
+        if cache is not None:  # feed only the suffixes; the mask still spans the prefixes
+            done = cache.get_seq_length()
+            inputs["input_ids"] = inputs["input_ids"][:, done:]
+            inputs["position_ids"] = inputs["position_ids"][:, done:]
+        with torch.inference_mode():
+            return self.model(**inputs, cache=cache, logits_to_keep=1).logits[:, -1, :]
+
+    def _shared_prefix_inputs(self, rows, prefix_lengths, pad):
+        """The prefixes' cache, one row per row, and each row as [padded prefix][padded suffix]."""
+        import torch
+
+        prefixes = [tuple(r[:p]) for r, p in zip(rows, prefix_lengths)]
+        unique = list(dict.fromkeys(prefixes))
+        cache = self._prefix_cache([list(u) for u in unique], pad)
+        cache.batch_select_indices(
+            torch.tensor([unique.index(p) for p in prefixes], device=self.device)
+        )
+        head_ids, head_mask = _left_padded([list(p) for p in prefixes], pad)
+        tail_ids, tail_mask = _left_padded([r[p:] for r, p in zip(rows, prefix_lengths)], pad)
+        ids = [h + t for h, t in zip(head_ids, tail_ids)]
+        return cache, ids, [h + t for h, t in zip(head_mask, tail_mask)]
+
+    def _inputs(self, ids: list[list[int]], mask: list[list[int]]) -> dict:
+        """Tensors for a forward pass; positions follow the mask (padding anywhere)."""
+        import torch
+
+        mask = torch.tensor(mask, device=self.device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        ids = torch.tensor(ids, device=self.device)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
 
     def _digit_probabilities(self, conversations):
         """p(next token = d) for d = 0..9 after the reply prefix "Score: ", in batches."""
-        import torch
 
         digits = [self.tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
         if any(len(ids) != 1 for ids in digits):
@@ -235,17 +258,11 @@ class HFBackend(Backend):
         rows = [ids + prefix for ids in self.prompt_ids(conversations)]
         out: dict[int, list[float]] = {}
         limits = {"max_rows": self.spec.batch_size, "max_tokens": self.spec.batch_tokens}
-        for planned in batching.plan(rows, **limits, new_tokens=0, reuse_prefixes=False):
-            batch = planned.rows
-            ids, mask = _left_padded([rows[i] for i in batch], self.tokenizer.pad_token_id)
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=torch.tensor(ids, device=self.device),
-                    attention_mask=torch.tensor(mask, device=self.device),
-                    logits_to_keep=1,
-                ).logits[:, -1, :]
+        reuse = self.spec.reuse_prefixes
+        for batch in batching.plan(rows, **limits, new_tokens=0, reuse_prefixes=reuse):
+            logits = self._last_logits([rows[i] for i in batch.rows], batch.prefix_lengths)
             probs = logits.float().softmax(-1)[:, digit_ids].tolist()
-            out.update(zip(batch, probs))
+            out.update(zip(batch.rows, probs))
         return [out[i] for i in range(len(rows))]
 
     def _stop_ids(self) -> list[int]:
