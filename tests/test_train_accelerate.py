@@ -246,11 +246,14 @@ def test_accelerate_configs_pass_accelerates_schema():
 
 def test_gpu_recipes_load():
     recipes = {path.stem: config.load(path) for path in (ROOT / "params").glob("gpu_qlora*.yaml")}
-    assert {"gpu_qlora", "gpu_qlora_sft_dpo"} <= recipes.keys()
+    assert {"gpu_qlora", "gpu_qlora_sft_dpo", "gpu_qlora_online_dpo", "gpu_qlora_grpo"} <= set(
+        recipes
+    )
     for name, params in recipes.items():
         assert params.models.assistant.backend == "openai", name  # rollouts on vLLM servers
         assert params.train.quantize_4bit == "auto", name  # QLoRA on CUDA
-    assert (recipes["gpu_qlora_sft_dpo"].train.method, recipes["gpu_qlora_sft_dpo"].train.init) == (
-        "dpo",
-        "sft",
-    )
+    methods = {name: (p.train.method, p.train.init) for name, p in recipes.items()}
+    assert methods["gpu_qlora"] == ("dpo", "base")
+    assert methods["gpu_qlora_sft_dpo"] == ("dpo", "sft")
+    assert methods["gpu_qlora_online_dpo"] == ("online_dpo", "base")
+    assert methods["gpu_qlora_grpo"] == ("grpo", "base")
