@@ -268,9 +268,7 @@ class TrainParams:
             "responses sampled for one context (best vs worst, or each against the group mean)",
         )
         require(self.group_size >= 1, f"{key}.group_size", "must be >= 1")
-        require(
-            self.futures is None or self.futures >= 1, f"{key}.futures", "must be >= 1 or null"
-        )
+        require(self.futures is None or self.futures >= 1, f"{key}.futures", "must be >= 1 or null")
         require(self.online_rounds >= 1, f"{key}.online_rounds", "must be >= 1")
         require(
             self.init in TRAIN_INITS,

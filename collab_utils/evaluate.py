@@ -26,6 +26,7 @@ from .seeds import derive_seed
 # Table 1's rows, named for what each system is (the paper's names).
 BASE, PROACTIVE, OFFLINE_DPO = "Base", "Proactive Base", "Offline DPO from base"
 SFT, SFT_DPO = "SFT", "Offline DPO from SFT"  # train.method sft; dpo with train.init sft
+ONLINE_DPO, GRPO = "Online DPO", "GRPO"  # train.method online_dpo, grpo
 
 
 def trained_label(train_params) -> str:
@@ -34,6 +35,8 @@ def trained_label(train_params) -> str:
         return SFT
     if train_params.method == "dpo":
         return SFT_DPO if train_params.init == "sft" else OFFLINE_DPO
+    if train_params.method in ("online_dpo", "grpo"):
+        return ONLINE_DPO if train_params.method == "online_dpo" else GRPO
     raise ValueError(f"train.method {train_params.method!r} has no Table 1 label")
 
 

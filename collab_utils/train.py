@@ -1,20 +1,25 @@
-"""Training with LoRA: SFT, DPO, and DPO from the SFT adapter; the only module that imports TRL.
+"""Training with LoRA: SFT, DPO, DPO from the SFT adapter, online DPO and GRPO; the only
+module that imports TRL.
 
     result = train.train_recipe(pairs, run.sft, model="embedded", train_params=params.train,
-                                output_dir=params.run.train, seed=params.seed, reuse=True)
+                                output_dir=params.run.train, seed=params.seed, reuse=True,
+                                reward=mr)   # mr: train_rewards.MRReward, online methods only
     backend = llm.load_backend({"backend": "hf", "model": "embedded",
                                 "adapter": str(result.adapter_dir)})
 
-`train.method` picks the recipe: `dpo` (`trl.DPOTrainer` on the preference pairs) or `sft`
-(`trl.SFTTrainer` on the MR-chosen conversations of sft.jsonl, loss on assistant turns only).
+`train.method` picks the recipe: `dpo` (`trl.DPOTrainer` on the preference pairs), `sft`
+(`trl.SFTTrainer` on the MR-chosen conversations of sft.jsonl, loss on assistant turns only),
+`online_dpo` (rounds of sampling from the current adapter, MR, DPO: `train_online`) or `grpo`
+(`trl.GRPOTrainer`, the MR of each sampled response as its reward: `train_rewards`).
 `train.init: sft` trains SFT first and continues DPO from that adapter (the paper-era recipe).
-Both use a peft `LoraConfig` (paper defaults in `TrainParams`: r 32, alpha 16, dropout 0.1, all
+All use a peft `LoraConfig` (paper defaults in `TrainParams`: r 32, alpha 16, dropout 0.1, all
 linear projections; DPO beta 0.1, lr 5e-6). With CUDA and `quantize_4bit` auto/yes the base
 model loads in 4-bit NF4 (QLoRA); on CPU it is plain LoRA in float32. The DPO reference is the
 policy's starting point: the base (adapter switched off), or a frozen copy of the SFT adapter.
 
 Bad input fails before any weights load (checks in `train_data`): an empty set, a record in
-another format, a tokenizer without a chat template, a model that cannot fit the memory at hand.
+another format, a tokenizer without a chat template, a model that cannot fit the memory at hand,
+an online method without its reward or with a group of one.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import models
-from .config import TrainParams
+from .config import ONLINE_METHODS, TrainParams
 from .io import mark_done, save_pretrained, up_to_date, write_json, write_text
 from .params_yaml import KeyProblem, ParamsError
 from .train_data import (
@@ -49,16 +54,20 @@ __all__ = [
     "load_chat_tokenizer",
     "preference_records",
     "sft_trainer",
+    "stored_result",
     "train_dpo",
+    "train_grpo",
     "train_recipe",
     "train_sft",
 ]
 
 CPU_NOTE = "no CUDA: plain LoRA on CPU in float32, QLoRA needs a GPU"
 _cpu_note_shown = False
+_ONLINE_KEYS = ("group_size", "futures", "online_rounds")
 # Parameters train_dpo does not read: its inputs digest leaves them out (the SFT adapter it may
 # start from enters the digest through its weights instead).
-_NOT_DPO = ("method", "init", "sft_learning_rate")
+_NOT_DPO = ("method", "init", "sft_learning_rate", *_ONLINE_KEYS)
+_NOT_GRPO = ("method", "init", "sft_learning_rate", "online_rounds", "beta", "sft_weight")
 
 
 @dataclass
@@ -89,15 +98,30 @@ def train_recipe(
     seed: int = 0,
     eval_pairs: list[dict] | None = None,
     reuse: bool = False,
+    reward=None,
 ) -> TrainResult:
     """Train what `train_params.method` / `.init` say; the adapter lands in output_dir/adapter.
 
     dpo + init base: `train_dpo` on `pairs`. sft: `train_sft` on `conversations` (sft.jsonl or
     its records). dpo + init sft: `train_sft` into output_dir/sft, then `train_dpo` from it.
+    online_dpo / grpo: `train_online.online_dpo` / `train_grpo` on the contexts of `pairs`
+    (one per task and turn), scored by `reward` (a `train_rewards.MRReward`).
     """
     _check(train_params)
     output_dir = Path(output_dir)
     common = {"model": model, "train_params": train_params, "seed": seed, "reuse": reuse}
+    if train_params.method in ONLINE_METHODS:
+        from .train_online import online_dpo
+        from .train_rewards import training_contexts
+
+        if reward is None:
+            raise ValueError(
+                f"train.method {train_params.method} samples responses and scores them by MR: "
+                "pass reward=train_rewards.MRReward.from_params(params, roles, train_tasks)"
+            )
+        contexts = training_contexts(pairs or [], reward.tasks)
+        method = online_dpo if train_params.method == "online_dpo" else train_grpo
+        return method(contexts, reward, output_dir=output_dir, **common)
     if train_params.method == "sft":
         return train_sft(conversations, output_dir=output_dir, **common)
     init_adapter = None
@@ -144,7 +168,7 @@ def train_dpo(
         inputs += (init_adapter / "adapter_model.safetensors",)  # its weights, by their bytes
     marker = output_dir / "inputs.sha256"
     if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
-        return _stored_result(output_dir)
+        return stored_result(output_dir)
     records = preference_records(pairs, "pairs")
     eval_records = preference_records(eval_pairs, "eval_pairs") if eval_pairs else None
     path = models.resolve(model)
@@ -219,11 +243,13 @@ def train_sft(
     records = sft_records(
         conversations, str(conversations) if isinstance(conversations, (str, Path)) else "sft"
     )
-    sft_params = {k: v for k, v in asdict(train_params).items() if k not in ("method", "init")}
+    sft_params = {
+        k: v for k, v in asdict(train_params).items() if k not in ("method", "init", *_ONLINE_KEYS)
+    }
     inputs = ("sft", records, model, sft_params, seed)
     marker = output_dir / "inputs.sha256"
     if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
-        return _stored_result(output_dir)
+        return stored_result(output_dir)
     path = models.resolve(model)
     plan = _plan(train_params)
     check_memory(path, plan.memory_kind)
@@ -246,6 +272,91 @@ def train_sft(
     return _run(
         trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed
     )
+
+
+def train_grpo(
+    contexts,
+    reward,
+    *,
+    model: str,
+    train_params: TrainParams,
+    output_dir: str | Path,
+    seed: int = 0,
+    reuse: bool = False,
+) -> TrainResult:
+    """GRPO with MR as the reward: TRL's `GRPOTrainer` samples G = `group_size` responses per
+    context from the policy (the adapter in training), `reward` (a `train_rewards.MRReward`)
+    scores the whole generation batch at once through the rollout engine (S futures each), and
+    each response's advantage is its MR against its group's mean (over the group's std).
+
+    `contexts`: `simulate.Context`s (the prompts, with their task and turn). A step holds
+    `batch_size` contexts × G responses per device; the policy samples with the assistant's
+    sampling settings (`reward.sampling`: max_new_tokens, temperature, top_p). TRL's defaults
+    otherwise: KL coefficient 0 (no reference pass), the DAPO token-level loss, one update per
+    generation batch. Seeds: TRL's sampling follows `seed`, so on one machine a rerun samples
+    the same responses and the reward makes no new generation (all cache hits).
+    """
+    output_dir = Path(output_dir)
+    if reward.sampling.temperature <= 0:
+        raise ValueError(
+            "generation.temperature is 0: GRPO's G samples of one prompt would be identical "
+            "and every advantage 0; sample with a temperature > 0"
+        )
+    grpo_params = {k: v for k, v in asdict(train_params).items() if k not in _NOT_GRPO}
+    rows = [{"prompt": c.messages, "task_id": c.task.id, "turn": c.turn} for c in contexts]
+    inputs = ("grpo", rows, model, grpo_params, seed, reward.settings())
+    marker = output_dir / "inputs.sha256"
+    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
+        return stored_result(output_dir)
+    path = models.resolve(model)
+    plan = _plan(train_params)
+    check_memory(path, plan.memory_kind)
+    tokenizer = load_chat_tokenizer(path, model)
+
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    set_seed(seed)
+    policy = _load_policy(path, plan, train_params)
+    common = _common_args(train_params, plan, output_dir, seed, train_params.learning_rate)
+    del common["max_length"]  # GRPO bounds the completion instead
+    group = train_params.group_size
+    common["per_device_train_batch_size"] = train_params.batch_size * group  # completions
+    args = GRPOConfig(
+        **common,
+        num_generations=group,
+        max_completion_length=reward.sampling.max_new_tokens,
+        temperature=reward.sampling.temperature,
+        top_p=reward.sampling.top_p,
+        gradient_checkpointing=train_params.gradient_checkpointing and plan.device == "cuda",
+    )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=_lora_config(train_params),
+    )
+    before = dict(reward.stats)
+    result = _run(
+        trainer,
+        tokenizer,
+        plan,
+        output_dir,
+        marker,
+        inputs,
+        {"contexts": len(rows), "init_adapter": None},
+        model,
+        train_params,
+        seed,
+    )
+    spent = {k: v - before.get(k, 0) for k, v in reward.stats.items()}
+    result.timing["reward"] = {k: round(v, 3) for k, v in spent.items()}
+    summary = output_dir / "train_summary.json"
+    write_json(summary, {**json.loads(summary.read_text()), "timing": result.timing})
+    return result
 
 
 def sft_trainer(
@@ -354,7 +465,7 @@ def _log_rows(history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([row for row in history if "loss" in row or "eval_loss" in row])
 
 
-def _stored_result(output_dir: Path) -> TrainResult:
+def stored_result(output_dir: Path) -> TrainResult:
     """The result of an earlier training run in `output_dir`, read back from its files."""
     log_path = output_dir / "train_log.jsonl"
     history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]

@@ -50,6 +50,11 @@ def test_overrides_parse_yaml_scalars(tmp_path):
         ("reward: 3\n", "reward", "expected a mapping"),
         ("run_name: 'a b'\n", "run_name", "letters, digits"),
         ("models:\n  assistant: {load_in_4bit: 'yes'}\n", "models.assistant.load_in_4bit", "bool"),
+        ("train:\n  method: ppo\n", "train.method", "must be one of dpo, sft, online_dpo, grpo"),
+        ("train:\n  method: grpo\n  group_size: 1\n", "train.group_size", ">= 2 for method grpo"),
+        ("train:\n  method: online_dpo\n  group_size: 1\n", "train.group_size", ">= 2"),
+        ("train:\n  futures: 0\n", "train.futures", "must be >= 1 or null"),
+        ("train:\n  online_rounds: 0\n", "train.online_rounds", "must be >= 1"),
     ],
 )
 def test_bad_params_name_the_file_and_key(tmp_path, text, key, words):
