@@ -29,6 +29,7 @@ from . import (
 from .cache import GenerationCache
 from .config import ModelSpec, Sampling
 from .io import write_json
+from .llm import batching
 from .runs import environment
 
 PROMPTS = [
@@ -182,12 +183,21 @@ def _raw_generate_seconds(backend, calls) -> tuple[float, int, int]:
             continue
         params = {k: kwargs.get(k, 1.0) for k in ("max_new_tokens", "temperature", "top_p")}
         prompts = backend.prompt_ids([c for c, _, _ in fresh])
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        size = backend.spec.batch_size
-        for batch in (order[i : i + size] for i in range(0, len(order), size)):
+        spec = backend.spec
+        for planned in batching.plan(
+            prompts,
+            max_rows=spec.batch_size,
+            max_tokens=spec.batch_tokens,
+            new_tokens=params["max_new_tokens"],
+            reuse_prefixes=spec.reuse_prefixes,
+        ):
+            batch = planned.rows
             started = time.perf_counter()
             ids = backend.generate_ids(
-                [prompts[i] for i in batch], params, [fresh[i][1] for i in batch]
+                [prompts[i] for i in batch],
+                params,
+                [fresh[i][1] for i in batch],
+                planned.prefix_lengths,
             )
             seconds += time.perf_counter() - started
             tokens += sum(len(row) for row in ids)
