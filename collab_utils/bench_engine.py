@@ -68,6 +68,57 @@ def rollout_futures_per_minute(backend, seed: int = 0) -> dict:
     }
 
 
+class ForwardClock:
+    """Times every forward pass of an hf model through hooks: prefill (more than one new
+    position per row) vs decode (one), and the share of prefill positions that are padding."""
+
+    def __init__(self, model):
+        self.seconds = {"prefill": 0.0, "decode": 0.0}
+        self.positions = {"prefill": 0, "padding": 0}
+        self._started = 0.0
+        self._kind = "decode"
+        self._hooks = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after),
+        ]
+
+    def _before(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        width = ids.shape[1] if ids is not None else 1
+        self._kind = "prefill" if width > 1 else "decode"
+        if width > 1 and kwargs.get("attention_mask") is not None:
+            mask = kwargs["attention_mask"][:, -width:]
+            self.positions["prefill"] += mask.numel()
+            self.positions["padding"] += int((mask == 0).sum())
+        self._started = time.perf_counter()
+
+    def _after(self, module, args, output):
+        self.seconds[self._kind] += time.perf_counter() - self._started
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def time_split(backend) -> dict:
+    """Where the engine's time goes on the rollout workload: prefill, decode, the rest
+    (sampling, stopping, tokenizing, Python), and how much of the prefill is padding."""
+    clock = ForwardClock(backend.model)
+    try:
+        result = rollout_futures_per_minute(backend, seed=1)
+    finally:
+        clock.close()
+    total = result["seconds"]
+    forward = sum(clock.seconds.values())
+    return {
+        "seconds": total,
+        "prefill_share": clock.seconds["prefill"] / total,
+        "decode_share": clock.seconds["decode"] / total,
+        "outside_forward_share": (total - forward) / total,
+        "prefill_padding_share": clock.positions["padding"] / max(1, clock.positions["prefill"]),
+    }
+
+
 def run(sampling: dict, prompts: list[list[dict]] | None = None) -> dict:
     """Both workloads through the engine before/after and through `llama-server` if built."""
     from .bench import conversations
@@ -82,6 +133,7 @@ def run(sampling: dict, prompts: list[list[dict]] | None = None) -> dict:
             "settings": {k: getattr(spec, k) for k in BEFORE},
             "requests": requests_tokens_per_second(backend, prompts, sampling),
             "rollout": rollout_futures_per_minute(backend),
+            "time_split": time_split(backend),
         }
     out["engine_after_vs_before_requests"] = _ratio(out, "engine", "engine_before", "requests")
     out["engine_after_vs_before_rollout"] = _ratio(out, "engine", "engine_before", "rollout")

@@ -126,3 +126,19 @@ def test_a_rating_does_not_depend_on_its_batch_mates(embedded):
     (alone,) = embedded._digit_probabilities([short])
     together = embedded._digit_probabilities([short, long])[0]
     assert max(abs(x - y) for x, y in zip(alone, together)) < 1e-4
+
+
+def test_forward_clock_splits_prefill_decode_and_counts_padding(embedded):
+    from collab_utils.bench_engine import ForwardClock
+
+    rows = [list(range(100, 105)), list(range(200, 209))]  # 5 and 9 tokens: 4 pads of 18
+    clock = ForwardClock(embedded.model)
+    try:
+        out = embedded.generate_ids(rows, {"max_new_tokens": 6, "temperature": 0.0}, [0, 0])
+    finally:
+        clock.close()
+    assert clock.positions == {"prefill": 18, "padding": 4}
+    assert clock.seconds["prefill"] > 0 and clock.seconds["decode"] > 0
+    assert max(len(ids) for ids in out) > 1  # decode steps did run
+    embedded.generate_ids(rows[:1], {"max_new_tokens": 2, "temperature": 0.0}, [0])
+    assert clock.positions["prefill"] == 18  # hooks removed
