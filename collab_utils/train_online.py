@@ -37,6 +37,7 @@ from .config import TrainParams
 from .io import mark_done, up_to_date, write_folder, write_json, write_text
 from .llm.lora import adapter_backend
 from .seeds import derive_seed
+from .train_memory import cpu_threads
 
 
 def online_dpo(
@@ -67,59 +68,63 @@ def online_dpo(
     marker = output_dir / "inputs.sha256"
     if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
         return stored_result(output_dir)
+    import torch
+
     adapter, rounds, logs, last = None, [], [], None
-    for round_ in range(train_params.online_rounds):
-        cache = reward.assistant.cache
-        policy = (
-            reward.assistant
-            if adapter is None
-            else adapter_backend(reward.assistant.spec, adapter, cache)
-        )
-        before = policy.generated
-        started = time.perf_counter()
-        samples = simulate.generate_candidates(
-            contexts,
-            policy,
-            n=train_params.group_size,
-            proactive_fraction=0.0,
-            # round 0 samples what data generation's plain candidates were (cache hits)
-            seed=seed if round_ == 0 else derive_seed(seed, "online_dpo", round_),
-            sampling=reward.sampling,
-        )
-        sampled = time.perf_counter()
-        generated = {"policy": policy.generated - before}
-        table = reward.score(contexts, [[c.text for c in group] for group in samples])
-        round_pairs, report = pairs.build_pairs(_candidate_rows(table, contexts), min_gap=0.0)
-        row = {
-            "round": round_,
-            "samples": sum(len(group) for group in samples),
-            "mean_mr": float(table["mr"].mean()),
-            "pairs": len(round_pairs),
-            "ties": report["tie"] + report["identical_response"],
-            "sampling_seconds": round(sampled - started, 3),
-            "rollout_seconds": round(reward.last["rollout_seconds"], 3),
-            "judge_seconds": round(reward.last["judge_seconds"], 3),
-        }
-        trained = time.perf_counter()
-        if round_pairs:
-            last = train_dpo(
-                round_pairs,
-                model=model,
-                train_params=train_params,
-                output_dir=output_dir / "rounds" / str(round_),
-                seed=seed,
-                reuse=reuse,
-                init_adapter=adapter,
+    # sampling and rollouts on CPU: torch threads for the free cores only, as in training
+    with cpu_threads("cuda" if torch.cuda.is_available() else "cpu"):
+        for round_ in range(train_params.online_rounds):
+            cache = reward.assistant.cache
+            policy = (
+                reward.assistant
+                if adapter is None
+                else adapter_backend(reward.assistant.spec, adapter, cache)
             )
-            adapter = last.adapter_dir
-            logs.append(last.log.assign(round=round_))
-        row["train_seconds"] = round(time.perf_counter() - trained, 3)
-        row["steps"] = last.timing["steps"] if round_pairs else 0
-        row["generated"] = {
-            **generated,
-            **{r: reward.last[f"generated_{r}"] for r in ("assistant", "user", "judge")},
-        }
-        rounds.append(row)
+            before = policy.generated
+            started = time.perf_counter()
+            samples = simulate.generate_candidates(
+                contexts,
+                policy,
+                n=train_params.group_size,
+                proactive_fraction=0.0,
+                # round 0 samples what data generation's plain candidates were (cache hits)
+                seed=seed if round_ == 0 else derive_seed(seed, "online_dpo", round_),
+                sampling=reward.sampling,
+            )
+            sampled = time.perf_counter()
+            generated = {"policy": policy.generated - before}
+            table = reward.score(contexts, [[c.text for c in group] for group in samples])
+            round_pairs, report = pairs.build_pairs(_candidate_rows(table, contexts), min_gap=0.0)
+            row = {
+                "round": round_,
+                "samples": sum(len(group) for group in samples),
+                "mean_mr": float(table["mr"].mean()),
+                "pairs": len(round_pairs),
+                "ties": report["tie"] + report["identical_response"],
+                "sampling_seconds": round(sampled - started, 3),
+                "rollout_seconds": round(reward.last["rollout_seconds"], 3),
+                "judge_seconds": round(reward.last["judge_seconds"], 3),
+            }
+            trained = time.perf_counter()
+            if round_pairs:
+                last = train_dpo(
+                    round_pairs,
+                    model=model,
+                    train_params=train_params,
+                    output_dir=output_dir / "rounds" / str(round_),
+                    seed=seed,
+                    reuse=reuse,
+                    init_adapter=adapter,
+                )
+                adapter = last.adapter_dir
+                logs.append(last.log.assign(round=round_))
+            row["train_seconds"] = round(time.perf_counter() - trained, 3)
+            row["steps"] = last.timing["steps"] if round_pairs else 0
+            row["generated"] = {
+                **generated,
+                **{r: reward.last[f"generated_{r}"] for r in ("assistant", "user", "judge")},
+            }
+            rounds.append(row)
     if last is None:
         raise ValueError(
             f"online DPO: in all {train_params.online_rounds} rounds every context's "
@@ -146,6 +151,7 @@ def _finish(last, rounds, logs, output_dir, marker, inputs, model, train_params,
         replace=True,
     )
     log = pd.concat(logs, ignore_index=True)
+    log = log.assign(round_step=log["step"], step=range(1, len(log) + 1))  # steps of all rounds
     log_path = write_text(output_dir / "train_log.jsonl", log.to_json(orient="records", lines=True))
     steps = sum(r["steps"] for r in rounds)
     train_seconds = sum(r["train_seconds"] for r in rounds)

@@ -127,7 +127,8 @@ def test_the_reward_scores_a_whole_batch_in_one_call_per_role_per_round(tmp_path
         "task_id": [r["task_id"] for r in records for _ in range(3)],
         "turn": [0] * 6,
     }
-    first = reward(**batch)
+    with cpu_threads("cpu"):  # a shared CPU: threads for the free cores only
+        first = reward(**batch)
     unique = 2 + 3  # the repeated text of context 0 is one candidate
     assert reward.user.sizes[0] == reward.assistant.sizes[0] == unique * 2
     assert len(reward.user.sizes) == len(reward.assistant.sizes) <= 2  # one per round
@@ -137,7 +138,8 @@ def test_the_reward_scores_a_whole_batch_in_one_call_per_role_per_round(tmp_path
     assert len(set(first)) > 2  # real scores, not a constant
     assert reward.last["generated_assistant"] > 0 and reward.last["generated_judge"] > 0
 
-    again = reward(**batch)
+    with cpu_threads("cpu"):
+        again = reward(**batch)
     assert again == first
     assert {k: v for k, v in reward.last.items() if k.startswith("generated")} == {
         "generated_assistant": 0,
