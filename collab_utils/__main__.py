@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_command(params_file: str, overrides: list[str]) -> int:
     """Notebook 04's `train_recipe` call on the run's pairs; rank 0 prints the result."""
-    from . import config, pairs, train
+    from . import config, pairs, train, train_rewards
 
     params = config.load(params_file, overrides)
     run = params.run
@@ -160,6 +160,7 @@ def _train_command(params_file: str, overrides: list[str]) -> int:
         seed=params.seed,
         eval_pairs=pair_list,
         reuse=True,
+        reward=train_rewards.reward_for(params),  # online_dpo, grpo: MR of their samples
     )
     if os.environ.get("RANK", "0") == "0":
         print(f"adapter: {result.adapter_dir}; {result.timing}")

@@ -1,6 +1,6 @@
 """MR as the reward of responses sampled from the policy while it trains (online_dpo, grpo).
 
-    reward = train_rewards.MRReward.from_params(params, roles, train_tasks)
+    reward = train_rewards.reward_for(params)   # None unless train.method is online_dpo or grpo
     contexts = train_rewards.training_contexts(pair_list, reward.tasks)
     mr = reward.score(contexts, [["response 1", "response 2"], ...])   # one row per context
     rewards = reward(prompts=..., completions=..., task_id=..., turn=...)  # TRL's reward_funcs
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from . import reward, simulate
-from .config import JudgeParams, Params, Sampling
+from .config import ONLINE_METHODS, JudgeParams, Params, Sampling
 from .tasks import Task
 
 
@@ -170,6 +170,17 @@ class MRReward:
             for name, value in self.last.items():
                 log_metric(f"mr/{name}", float(value))
         return rewards
+
+
+def reward_for(params: Params) -> MRReward | None:
+    """The reward `params.train.method` needs: MR with the run's roles (generation cache
+    included) on its training tasks for online_dpo and grpo; None for the offline methods."""
+    if params.train.method not in ONLINE_METHODS:
+        return None
+    from . import session
+
+    train_tasks, _ = session.task_splits(params)
+    return MRReward.from_params(params, session.load_roles(params), train_tasks)
 
 
 def training_contexts(records: list[dict], tasks: dict[str, Task]) -> list[simulate.Context]:

@@ -239,6 +239,7 @@ def test_bad_online_settings_fail_before_weights_load(monkeypatch, tmp_path):
             output_dir=tmp_path,
         )
     assert not any(tmp_path.iterdir())
+    assert train_rewards.reward_for(config.load("params/smoke.yaml")) is None  # offline dpo
 
 
 def test_grpo_refuses_greedy_sampling_before_weights_load(monkeypatch, tmp_path):
