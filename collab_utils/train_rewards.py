@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import pandas as pd
 
@@ -82,8 +82,7 @@ class MRReward:
         """Everything but the backends' weights that changes a score (for reuse digests)."""
         values = {k: v for k, v in self.__dict__.items() if k not in ("tasks", "stats", "last")}
         for role in ("assistant", "user", "judge"):
-            backend = values[role]
-            values[role] = getattr(backend, "fingerprint", None) or repr(vars(backend or {}))
+            values[role] = _identity(values[role])
         values.update(sampling=asdict(self.sampling), judging=asdict(self.judging))
         return values
 
@@ -202,6 +201,19 @@ def training_contexts(records: list[dict], tasks: dict[str, Task]) -> list[simul
     if not contexts:
         raise ValueError("no training contexts: the records are empty")
     return list(contexts.values())
+
+
+def _identity(role) -> str:
+    """A role for digests: a backend's fingerprint (model, adapter, precision); a user
+    simulator's settings and, for an LLM user, its backend's fingerprint."""
+    if role is None or hasattr(role, "fingerprint"):
+        return getattr(role, "fingerprint", "none")
+    settings = {
+        k: v if is_dataclass(v) or not hasattr(v, "__dict__") else _identity(v)
+        for k, v in vars(role).items()
+        if k != "backend"
+    }
+    return f"{type(role).__name__}{_identity(getattr(role, 'backend', None))}{settings!r}"
 
 
 def _messages(prompt) -> list[dict]:

@@ -182,6 +182,7 @@ def test_an_online_dpo_rerun_makes_no_new_generation(online):
         assert row["generated"] == {"policy": 0, "assistant": 0, "user": 0, "judge": 0}
     assert reward.generated() == before
     assert lora_b(again.adapter_dir).keys() == lora_b(result.adapter_dir).keys()
+    assert recipe(params, reward, records, root / "train").timing["reused"]  # a stable digest
 
 
 @pytest.mark.slow
