@@ -117,7 +117,7 @@ def train_recipe(
         if reward is None:
             raise ValueError(
                 f"train.method {train_params.method} samples responses and scores them by MR: "
-                "pass reward=train_rewards.MRReward.from_params(params, roles, train_tasks)"
+                "pass reward=train_rewards.reward_for(params)"
             )
         contexts = training_contexts(pairs or [], reward.tasks)
         method = online_dpo if train_params.method == "online_dpo" else train_grpo
