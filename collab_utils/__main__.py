@@ -71,11 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         "bench",
         help="measure speed ratios, print and write JSON",
         description="Measures on this machine, side by side in one process: generation "
-        "tokens/s, the cache, lock-step vs one-at-a-time rollouts, sweep reuse. Prints a "
-        "summary and writes JSON. Example: python -m collab_utils bench --out outputs/bench.json",
+        "tokens/s, the engine against llama.cpp's llama-server (make llama-server), the cache, "
+        "lock-step vs one-at-a-time rollouts, sweep reuse. Prints a summary and writes JSON. "
+        "Example: python -m collab_utils bench --out outputs/bench.json",
     )
     bench.add_argument("--out", default="outputs/bench.json", help="where to write the JSON")
     bench.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
+    bench.add_argument(
+        "--only-engine", action="store_true", help="only the engine vs llama-server part"
+    )
 
     commands.add_parser(
         "provision",
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from .bench import run_bench
 
-            run_bench(args.out, with_server=not args.no_server)
+            run_bench(args.out, with_server=not args.no_server, only_engine=args.only_engine)
         elif args.command == "provision":
             from .models import provision_embedded
 

@@ -274,9 +274,15 @@ def bench_rollouts(
     }
 
 
-def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dict:
-    """Measure everything, print a summary and write JSON to `out`."""
+def run_bench(
+    out: str | Path | None = None, *, with_server: bool = True, only_engine: bool = False
+) -> dict:
+    """Measure everything (or only the engine against llama-server), print a summary and
+    write JSON to `out`."""
     results: dict = {"environment": environment(), "sampling": SAMPLING}
+    results.update(engine_vs_llama_server())
+    if only_engine:
+        return _report(results, out)
     hf = llm.load_backend("embedded", None)
     results["hf_load_seconds"] = round(hf.load_seconds, 2)
     results["hf_batch1"] = hf_tokens_per_second(hf, 1)
@@ -287,15 +293,6 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     if with_server:
         results["openai_llama_cpp"] = openai_tokens_per_second()
         results["servers"] = bench_servers.run(repeats=1)
-    peer = bench_engine.run(SAMPLING, conversations(bench_engine.N_REQUESTS))
-    results["engine_vs_llama_server"] = peer
-    for key in (
-        "engine_vs_llama_server_requests",
-        "engine_vs_llama_server_rollout",
-        "engine_after_vs_before_requests",
-        "engine_after_vs_before_rollout",
-    ):
-        results[key] = peer.get(key, "skipped: no llama-server (make llama-server)")
     results["cache_hit"] = cache_hit_latency(hf)
     results["sandbox"] = sandbox.measure_overhead()
     results["rollouts"] = bench_rollouts()
@@ -303,6 +300,23 @@ def run_bench(out: str | Path | None = None, *, with_server: bool = True) -> dic
     results["engine_vs_raw_generate"] = results["rollouts"]["engine_vs_raw_generate"]
     results["sweep"] = sweep_rollout_reuse()
     results["sweep_extra_rollout_generations"] = results["sweep"]["sweep_extra_rollout_generations"]
+    return _report(results, out)
+
+
+def engine_vs_llama_server() -> dict:
+    """`bench_engine.run` on the 48 requests, with its ratios as top-level keys."""
+    peer = bench_engine.run(SAMPLING, conversations(bench_engine.N_REQUESTS))
+    keys = (
+        "engine_vs_llama_server_requests",
+        "engine_vs_llama_server_rollout",
+        "engine_after_vs_before_requests",
+        "engine_after_vs_before_rollout",
+    )
+    skipped = "skipped: no llama-server (make llama-server)"
+    return {"engine_vs_llama_server": peer, **{k: peer.get(k, skipped) for k in keys}}
+
+
+def _report(results: dict, out) -> dict:
     summary = {k: v for k, v in results.items() if k != "environment"}
     print(json.dumps(summary, indent=2, default=float))
     if out:

@@ -100,23 +100,38 @@ class ForwardClock:
             hook.remove()
 
 
-def time_split(backend) -> dict:
-    """Where the engine's time goes on the rollout workload: prefill, decode, the rest
-    (sampling, stopping, tokenizing, Python), and how much of the prefill is padding."""
-    clock = ForwardClock(backend.model)
+def timed_rollout(backend) -> dict:
+    """`rollout_futures_per_minute` with where the engine's time went: prefill, decode, the
+    rest (sampling, stopping, tokenizing, Python), how much of the prefill is padding and how
+    many decode row-steps went to rows that had already stopped."""
+    clock, steps = ForwardClock(backend.model), {"rows": 0, "useful": 0}
+    generate_ids = backend.generate_ids
+
+    def counted(rows, params, *args, **kwargs):
+        out = generate_ids(rows, params, *args, **kwargs)
+        cap = params["max_new_tokens"]
+        lengths = [min(len(ids) + 1, cap) for ids in out]  # + the stop token
+        steps["rows"] += len(out) * max(lengths)
+        steps["useful"] += sum(lengths)
+        return out
+
+    backend.generate_ids = counted
     try:
-        result = rollout_futures_per_minute(backend, seed=1)
+        result = rollout_futures_per_minute(backend)
     finally:
         clock.close()
+        del backend.generate_ids
     total = result["seconds"]
     forward = sum(clock.seconds.values())
-    return {
-        "seconds": total,
+    result["time_split"] = {
         "prefill_share": clock.seconds["prefill"] / total,
         "decode_share": clock.seconds["decode"] / total,
         "outside_forward_share": (total - forward) / total,
         "prefill_padding_share": clock.positions["padding"] / max(1, clock.positions["prefill"]),
+        # decode row-steps spent on rows that had already stopped (what continuous batching saves)
+        "finished_row_share": 1 - steps["useful"] / max(1, steps["rows"]),
     }
+    return result
 
 
 def run(sampling: dict, prompts: list[list[dict]] | None = None) -> dict:
@@ -132,8 +147,7 @@ def run(sampling: dict, prompts: list[list[dict]] | None = None) -> dict:
         out[name] = {
             "settings": {k: getattr(spec, k) for k in BEFORE},
             "requests": requests_tokens_per_second(backend, prompts, sampling),
-            "rollout": rollout_futures_per_minute(backend),
-            "time_split": time_split(backend),
+            "rollout": timed_rollout(backend),
         }
     out["engine_after_vs_before_requests"] = _ratio(out, "engine", "engine_before", "requests")
     out["engine_after_vs_before_rollout"] = _ratio(out, "engine", "engine_before", "rollout")
