@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", default="outputs/bench.json", help="where to write the JSON")
     bench.add_argument("--no-server", action="store_true", help="skip the llama.cpp server")
     bench.add_argument(
-        "--only-engine", action="store_true", help="only the engine vs llama-server part"
+        "--only",
+        choices=("engine", "training"),
+        help="one part: the engine vs llama-server, or online DPO / GRPO step costs",
     )
 
     commands.add_parser(
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from .bench import run_bench
 
-            run_bench(args.out, with_server=not args.no_server, only_engine=args.only_engine)
+            run_bench(args.out, with_server=not args.no_server, only=args.only)
         elif args.command == "provision":
             from .models import provision_embedded
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from . import (
     bench_engine,
     bench_servers,
+    bench_training,
     config,
     datagen,
     llm,
@@ -275,13 +276,16 @@ def bench_rollouts(
 
 
 def run_bench(
-    out: str | Path | None = None, *, with_server: bool = True, only_engine: bool = False
+    out: str | Path | None = None, *, with_server: bool = True, only: str | None = None
 ) -> dict:
-    """Measure everything (or only the engine against llama-server), print a summary and
-    write JSON to `out`."""
+    """Measure everything (or `only` "engine": the engine against llama-server, or
+    "training": the online methods' step costs), print a summary and write JSON to `out`."""
     results: dict = {"environment": environment(), "sampling": SAMPLING}
+    if only == "training":
+        results["online_training"] = bench_training.run()
+        return _report(results, out)
     results.update(engine_vs_llama_server())
-    if only_engine:
+    if only == "engine":
         return _report(results, out)
     hf = llm.load_backend("embedded", None)
     results["hf_load_seconds"] = round(hf.load_seconds, 2)
@@ -300,6 +304,7 @@ def run_bench(
     results["engine_vs_raw_generate"] = results["rollouts"]["engine_vs_raw_generate"]
     results["sweep"] = sweep_rollout_reuse()
     results["sweep_extra_rollout_generations"] = results["sweep"]["sweep_extra_rollout_generations"]
+    results["online_training"] = bench_training.run()  # per optimizer step: online DPO, GRPO
     return _report(results, out)
 
 

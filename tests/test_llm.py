@@ -75,6 +75,16 @@ def test_lora_adapter_loads_and_changes_the_fingerprint(embedded, tmp_path, cach
     tuned_text = tuned.chat([ASK], max_new_tokens=12, temperature=0.0, seed=0)[0].text
     assert tuned_text != base_text
 
+    # retrained into the same folder: a new load must see the new weights, not the old model
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    again = llm.load_backend({"model": "embedded", "adapter": str(tmp_path / "adapter")}, cache)
+    assert again.fingerprint != tuned.fingerprint
+    assert again.model is not tuned.model
+
 
 def test_roles_with_the_same_model_share_weights(embedded, cache):
     user = llm.load_backend({"backend": "hf", "model": "embedded"}, cache)

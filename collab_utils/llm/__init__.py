@@ -20,6 +20,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from .. import models
 from ..cache import GenerationCache
 from ..config import ModelSpec
 from .base import Backend, BackendError, Generation
@@ -76,7 +77,9 @@ def load_backend(spec: str | dict | ModelSpec, cache: GenerationCache | str | Pa
         cache = GenerationCache(cache)
     if spec.backend == "agenda":
         raise ValueError("the agenda backend is a user simulator: see collab_utils.users")
-    key = (spec.backend, spec.model, spec.adapter, spec.dtype, spec.load_in_4bit)
+    # an adapter by its weights, not its path: one retrained into the same folder is new
+    adapter = models.fingerprint(spec.model, spec.adapter) if spec.adapter else None
+    key = (spec.backend, spec.model, adapter, spec.dtype, spec.load_in_4bit)
     key += (str(spec.base_url), spec.adapter_name)  # base_url may be a list
     shared = _LOADED.get(key)
     backend_cls = {"hf": HFBackend, "openai": OpenAIBackend}[spec.backend]
