@@ -148,6 +148,27 @@ def summary_table(transcripts: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def across_runs(tables: dict[str, dict]) -> pd.DataFrame:
+    """One Table 1 from several runs' Table 1s ({run: {system: {metric: value}}}).
+
+    Base and Proactive Base come from the first run that has them (every run of a sweep
+    evaluates them on the same tasks with the same cache); each run adds its trained row,
+    named by its method, or by method and run where two runs trained the same method.
+    """
+    rows: dict[str, dict] = {}
+    trained = [
+        (run, s, v) for run, t in tables.items() for s, v in t.items() if s not in (BASE, PROACTIVE)
+    ]
+    for base_row in (BASE, PROACTIVE):
+        found = next((t[base_row] for t in tables.values() if base_row in t), None)
+        if found is not None:
+            rows[base_row] = found
+    labels = [s for _, s, _ in trained]
+    for run, system, values in trained:
+        rows[system if labels.count(system) == 1 else f"{system} ({run})"] = values
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def qa_table(qa_tasks, systems: dict, *, seed: int, sampling: Sampling) -> pd.DataFrame:
     """Table 2: clarify-when-ambiguous and answer-when-clear accuracy of the first reply."""
     rows = []
