@@ -142,17 +142,16 @@ def _candidate_rows(table: pd.DataFrame, contexts: list[simulate.Context]) -> pd
 
 
 def _finish(last, rounds, logs, output_dir, marker, inputs, model, train_params, seed):
-    """The last adapter to output_dir/adapter; the log, summary and marker of all rounds."""
+    """The last adapter to output_dir/adapter; the log, summary and marker of all rounds.
+    Under `accelerate launch` every rank ran the rounds; rank 0 writes, the others wait."""
+    from accelerate import PartialState
+
     from .train import TrainResult
 
-    adapter = write_folder(
-        output_dir / "adapter",
-        lambda folder: shutil.copytree(last.adapter_dir, folder, dirs_exist_ok=True),
-        replace=True,
-    )
+    state = PartialState()
+    adapter, log_path = output_dir / "adapter", output_dir / "train_log.jsonl"
     log = pd.concat(logs, ignore_index=True)
     log = log.assign(round_step=log["step"], step=range(1, len(log) + 1))  # steps of all rounds
-    log_path = write_text(output_dir / "train_log.jsonl", log.to_json(orient="records", lines=True))
     steps = sum(r["steps"] for r in rounds)
     train_seconds = sum(r["train_seconds"] for r in rounds)
     timing = {
@@ -171,9 +170,17 @@ def _finish(last, rounds, logs, output_dir, marker, inputs, model, train_params,
             3,
         ),
     }
-    write_json(
-        output_dir / "train_summary.json",
-        {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
-    )
-    mark_done(marker, *inputs)
+    if state.is_main_process:
+        write_folder(
+            adapter,
+            lambda folder: shutil.copytree(last.adapter_dir, folder, dirs_exist_ok=True),
+            replace=True,
+        )
+        write_text(log_path, log.to_json(orient="records", lines=True))
+        write_json(
+            output_dir / "train_summary.json",
+            {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
+        )
+        mark_done(marker, *inputs)
+    state.wait_for_everyone()
     return TrainResult(adapter, log, timing, log_path)
