@@ -27,14 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         "python -m collab_utils run params/quickstart.yaml --set reward.lam=1e-4",
     )
     run.add_argument("params", help="a params YAML file, e.g. params/quickstart.yaml")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter (repeatable)",
-    )
+    _add_overrides(run)
 
     train_cmd = commands.add_parser(
         "train",
@@ -47,14 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "-m collab_utils train params/gpu_qlora.yaml",
     )
     train_cmd.add_argument("params", help="a params YAML file whose run has pairs.jsonl")
-    train_cmd.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter (repeatable)",
-    )
+    _add_overrides(train_cmd)
 
     sweep = commands.add_parser(
         "sweep",
@@ -146,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_overrides(parser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (repeatable)",
+    )
 
 
 def _train_command(params_file: str, overrides: list[str]) -> int:

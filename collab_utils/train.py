@@ -14,8 +14,9 @@ module that imports TRL.
 `train.init: sft` trains SFT first and continues DPO from that adapter (the paper-era recipe).
 All use a peft `LoraConfig` (paper defaults in `TrainParams`: r 32, alpha 16, dropout 0.1, all
 linear projections; DPO beta 0.1, lr 5e-6). With CUDA and `quantize_4bit` auto/yes the base
-model loads in 4-bit NF4 (QLoRA); on CPU it is plain LoRA in float32. The DPO reference is the
-policy's starting point: the base (adapter switched off), or a frozen copy of the SFT adapter.
+model loads in 4-bit NF4 (QLoRA); on CPU it is plain LoRA in float32 (`train_policy`). The DPO
+reference is the policy's starting point: the base (adapter switched off), or a frozen copy of
+the SFT adapter.
 
 Bad input fails before any weights load (checks in `train_data`): an empty set, a record in
 another format, a tokenizer without a chat template, a model that cannot fit the memory at hand,
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ import pandas as pd
 
 from . import models
 from .config import ONLINE_METHODS, TrainParams
-from .io import mark_done, save_pretrained, up_to_date, write_json, write_text
+from .io import mark_done, up_to_date, write_json, write_text
 from .params_yaml import KeyProblem, ParamsError
 from .train_data import (
     fitting_pairs,
@@ -46,6 +46,7 @@ from .train_data import (
 )
 from .train_logps import completion_logps, dpo_loss_on
 from .train_memory import GIB, check_memory, cpu_threads
+from .train_policy import Plan, load_policy, lora_config, plan_for, save_adapter
 
 __all__ = [
     "TrainResult",
@@ -61,8 +62,7 @@ __all__ = [
     "train_sft",
 ]
 
-CPU_NOTE = "no CUDA: plain LoRA on CPU in float32, QLoRA needs a GPU"
-_cpu_note_shown = False
+MARKER = "inputs.sha256"  # digest of a training run's inputs, written when it finished
 _ONLINE_KEYS = ("group_size", "futures", "online_rounds")
 # Parameters train_dpo does not read: its inputs digest leaves them out (the SFT adapter it may
 # start from enters the digest through its weights instead).
@@ -76,16 +76,6 @@ class TrainResult:
     log: pd.DataFrame  # one row per logged step (loss, rewards/*) and per evaluation
     timing: dict  # steps, train/eval seconds, seconds_per_step, peak_gpu_memory_gb, device
     log_path: Path
-
-
-@dataclass(frozen=True)
-class _Plan:
-    device: str  # "cpu" or "cuda"
-    quantize: bool
-
-    @property
-    def memory_kind(self) -> str:
-        return "cuda-4bit" if self.quantize else self.device
 
 
 def train_recipe(
@@ -142,6 +132,22 @@ def _check(train_params: TrainParams) -> None:
         raise ParamsError(f"key '{problem.key}': {problem.message}") from None
 
 
+def earlier_result(output_dir: Path, inputs: tuple, reuse: bool) -> TrainResult | None:
+    """With `reuse`, the result trained in `output_dir` earlier from these very inputs."""
+    if reuse and up_to_date(output_dir / MARKER, *inputs) and (output_dir / "adapter").is_dir():
+        return stored_result(output_dir)
+    return None
+
+
+def _prepare(model: str, train_params: TrainParams):
+    """The model's folder, where it trains and its chat tokenizer; a model that cannot fit the
+    memory at hand fails here, before any weights load."""
+    path = models.resolve(model)
+    plan = plan_for(train_params)
+    check_memory(path, plan.memory_kind)
+    return path, plan, load_chat_tokenizer(path, model)
+
+
 def train_dpo(
     pairs: list[dict],
     *,
@@ -166,15 +172,11 @@ def train_dpo(
     if init_adapter is not None:
         init_adapter = Path(init_adapter)
         inputs += (init_adapter / "adapter_model.safetensors",)  # its weights, by their bytes
-    marker = output_dir / "inputs.sha256"
-    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
-        return stored_result(output_dir)
+    if (earlier := earlier_result(output_dir, inputs, reuse)) is not None:
+        return earlier
     records = preference_records(pairs, "pairs")
     eval_records = preference_records(eval_pairs, "eval_pairs") if eval_pairs else None
-    path = models.resolve(model)
-    plan = _plan(train_params)
-    check_memory(path, plan.memory_kind)
-    tokenizer = load_chat_tokenizer(path, model)
+    path, plan, tokenizer = _prepare(model, train_params)
     records = fitting_pairs(records, tokenizer, train_params.max_length, "pairs")
     if eval_records:
         eval_records = fitting_pairs(eval_records, tokenizer, train_params.max_length, "eval_pairs")
@@ -184,7 +186,7 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     set_seed(seed)
-    policy = _load_policy(path, plan, train_params, init_adapter)
+    policy = load_policy(path, plan, train_params, init_adapter)
     args = DPOConfig(
         **_common_args(train_params, plan, output_dir, seed, train_params.learning_rate),
         per_device_eval_batch_size=train_params.batch_size,
@@ -204,12 +206,10 @@ def train_dpo(
         eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
         processing_class=tokenizer,
         # a fresh adapter; a PeftModel (init_adapter) brings its own, TRL copies it as "ref"
-        peft_config=_lora_config(train_params) if init_adapter is None else None,
+        peft_config=lora_config(train_params) if init_adapter is None else None,
     )
     extra = {"pairs": len(records), "init_adapter": str(init_adapter) if init_adapter else None}
-    return _run(
-        trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed
-    )
+    return _run(trainer, tokenizer, plan, output_dir, inputs, extra, model, train_params, seed)
 
 
 def train_sft(
@@ -247,13 +247,9 @@ def train_sft(
         k: v for k, v in asdict(train_params).items() if k not in ("method", "init", *_ONLINE_KEYS)
     }
     inputs = ("sft", records, model, sft_params, seed)
-    marker = output_dir / "inputs.sha256"
-    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
-        return stored_result(output_dir)
-    path = models.resolve(model)
-    plan = _plan(train_params)
-    check_memory(path, plan.memory_kind)
-    tokenizer = load_chat_tokenizer(path, model)
+    if (earlier := earlier_result(output_dir, inputs, reuse)) is not None:
+        return earlier
+    path, plan, tokenizer = _prepare(model, train_params)
     rows = sft_dataset_rows(records, tokenizer, train_params.max_length, "sft")
 
     from transformers import set_seed
@@ -262,16 +258,14 @@ def train_sft(
     trainer = sft_trainer(
         rows,
         tokenizer,
-        _load_policy(path, plan, train_params),
+        load_policy(path, plan, train_params),
         train_params,
         plan,
         output_dir,
         seed,
     )
     extra = {"conversations": len(rows), "init_adapter": None}
-    return _run(
-        trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed
-    )
+    return _run(trainer, tokenizer, plan, output_dir, inputs, extra, model, train_params, seed)
 
 
 def train_grpo(
@@ -305,20 +299,16 @@ def train_grpo(
     grpo_params = {k: v for k, v in asdict(train_params).items() if k not in _NOT_GRPO}
     rows = [{"prompt": c.messages, "task_id": c.task.id, "turn": c.turn} for c in contexts]
     inputs = ("grpo", rows, model, grpo_params, seed, reward.settings())
-    marker = output_dir / "inputs.sha256"
-    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
-        return stored_result(output_dir)
-    path = models.resolve(model)
-    plan = _plan(train_params)
-    check_memory(path, plan.memory_kind)
-    tokenizer = load_chat_tokenizer(path, model)
+    if (earlier := earlier_result(output_dir, inputs, reuse)) is not None:
+        return earlier
+    path, plan, tokenizer = _prepare(model, train_params)
 
     from datasets import Dataset
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
     set_seed(seed)
-    policy = _load_policy(path, plan, train_params)
+    policy = load_policy(path, plan, train_params)
     common = _common_args(train_params, plan, output_dir, seed, train_params.learning_rate)
     del common["max_length"]  # GRPO bounds the completion instead
     group = train_params.group_size
@@ -337,7 +327,7 @@ def train_grpo(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=_lora_config(train_params),
+        peft_config=lora_config(train_params),
     )
     before = dict(reward.stats)
     result = _run(
@@ -345,7 +335,6 @@ def train_grpo(
         tokenizer,
         plan,
         output_dir,
-        marker,
         inputs,
         {"contexts": len(rows), "init_adapter": None},
         model,
@@ -359,9 +348,7 @@ def train_grpo(
     return result
 
 
-def sft_trainer(
-    rows, tokenizer, policy, train_params: TrainParams, plan: _Plan, output_dir, seed=0
-):
+def sft_trainer(rows, tokenizer, policy, train_params: TrainParams, plan: Plan, output_dir, seed=0):
     """TRL's SFTTrainer on tokenised rows (`train_data.sft_dataset_rows`) with a fresh adapter."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -384,11 +371,11 @@ def sft_trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=_lora_config(train_params),
+        peft_config=lora_config(train_params),
     )
 
 
-def _common_args(train_params: TrainParams, plan: _Plan, output_dir: Path, seed: int, lr: float):
+def _common_args(train_params: TrainParams, plan: Plan, output_dir: Path, seed: int, lr: float):
     """TrainingArguments shared by the DPO and SFT configs."""
     return {
         "output_dir": str(output_dir / "trainer"),
@@ -408,19 +395,7 @@ def _common_args(train_params: TrainParams, plan: _Plan, output_dir: Path, seed:
     }
 
 
-def _lora_config(train_params: TrainParams):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=train_params.lora_r,
-        lora_alpha=train_params.lora_alpha,
-        lora_dropout=train_params.lora_dropout,
-        target_modules=train_params.target_modules,
-        task_type="CAUSAL_LM",
-    )
-
-
-def _run(trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, train_params, seed):
+def _run(trainer, tokenizer, plan, output_dir, inputs, extra, model, train_params, seed):
     """Train, then write the adapter, the log and the summary; the result as `TrainResult`."""
     import torch
 
@@ -448,7 +423,7 @@ def _run(trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, tra
     }
     adapter_dir, log_path = output_dir / "adapter", output_dir / "train_log.jsonl"
     if trainer.is_world_process_zero():  # under `accelerate launch`: one writer, the others wait
-        _save_adapter(trainer.model, tokenizer, adapter_dir)
+        save_adapter(trainer.model, tokenizer, adapter_dir)
         with contextlib.suppress(OSError):  # the trainer's folder stays empty: no checkpoints
             (output_dir / "trainer").rmdir()
         write_text(log_path, "".join(json.dumps(row) + "\n" for row in history))
@@ -456,7 +431,7 @@ def _run(trainer, tokenizer, plan, output_dir, marker, inputs, extra, model, tra
             output_dir / "train_summary.json",
             {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
         )
-        mark_done(marker, *inputs)
+        mark_done(output_dir / MARKER, *inputs)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(adapter_dir, _log_rows(history), timing, log_path)
 
@@ -473,78 +448,3 @@ def stored_result(output_dir: Path) -> TrainResult:
     return TrainResult(
         output_dir / "adapter", _log_rows(history), {**timing, "reused": True}, log_path
     )
-
-
-def _plan(train_params: TrainParams) -> _Plan:
-    """Where and how to train: QLoRA on CUDA (unless quantize_4bit is no), LoRA on CPU."""
-    import torch
-
-    global _cpu_note_shown
-    if torch.cuda.is_available():
-        quantize = train_params.quantize_4bit in ("auto", "yes")
-        if quantize:
-            _require_bitsandbytes()
-        return _Plan("cuda", quantize)
-    if train_params.quantize_4bit == "yes":
-        raise ValueError(
-            "train.quantize_4bit is yes but no CUDA GPU is present: 4-bit NF4 QLoRA needs a GPU. "
-            "Use quantize_4bit: auto (QLoRA on a GPU, plain LoRA on CPU) or no."
-        )
-    if not _cpu_note_shown:
-        print(CPU_NOTE)
-        _cpu_note_shown = True
-    return _Plan("cpu", False)
-
-
-def _require_bitsandbytes() -> None:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "4-bit QLoRA needs bitsandbytes: pip install 'collab_utils[gpu]' "
-            "(or set train.quantize_4bit: no for bf16 LoRA)"
-        ) from None
-
-
-def _load_policy(path, plan: _Plan, train_params: TrainParams, init_adapter: Path | None = None):
-    """The base model (4-bit on CUDA unless quantize_4bit is no), with `init_adapter` loaded
-    trainable on top when given."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if not plan.quantize:
-        dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    else:
-        from peft import prepare_model_for_kbit_training
-        from transformers import BitsAndBytesConfig
-
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=torch.bfloat16,
-            quantization_config=quantization,
-            # each process of `accelerate launch` on its own GPU (LOCAL_RANK), else GPU 0
-            device_map={"": int(os.environ.get("LOCAL_RANK", 0))},
-        )
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=train_params.gradient_checkpointing
-        )
-    if init_adapter is None:
-        return model
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-
-
-def _save_adapter(model, tokenizer, target: Path) -> Path:
-    """Save adapter and tokenizer beside `target`, then swap it in (never half-written).
-    Only the trained adapter: DPO from an adapter also holds TRL's frozen "ref" copy of it."""
-    if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")
-    return save_pretrained(target, model, tokenizer, replace=True)

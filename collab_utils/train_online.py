@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import pairs, simulate
 from .config import TrainParams
-from .io import mark_done, up_to_date, write_folder, write_json, write_text
+from .io import mark_done, write_folder, write_json, write_text
 from .llm.lora import adapter_backend
 from .seeds import derive_seed
 from .train_memory import cpu_threads
@@ -55,7 +55,7 @@ def online_dpo(
     round the mean MR of the policy's samples, pairs, generations per role and seconds spent
     sampling, in rollouts, in the judge and training. Round r works in output_dir/rounds/r.
     """
-    from .train import stored_result, train_dpo  # train imports this module lazily
+    from .train import earlier_result, train_dpo  # train imports this module lazily
 
     output_dir = Path(output_dir)
     if reward.assistant.spec.model != model:
@@ -65,9 +65,8 @@ def online_dpo(
         )
     place = [[c.task.id, c.turn, c.messages] for c in contexts]
     inputs = ("online_dpo", place, model, asdict(train_params), seed, reward.settings())
-    marker = output_dir / "inputs.sha256"
-    if reuse and up_to_date(marker, *inputs) and (output_dir / "adapter").is_dir():
-        return stored_result(output_dir)
+    if (earlier := earlier_result(output_dir, inputs, reuse)) is not None:
+        return earlier
     import torch
 
     adapter, rounds, logs, last = None, [], [], None
@@ -131,7 +130,7 @@ def online_dpo(
             f"{train_params.group_size} samples tied on MR; no pair to train on (sample more "
             "per context: train.group_size, or raise generation.temperature)"
         )
-    return _finish(last, rounds, logs, output_dir, marker, inputs, model, train_params, seed)
+    return _finish(last, rounds, logs, output_dir, inputs, model, train_params, seed)
 
 
 def _candidate_rows(table: pd.DataFrame, contexts: list[simulate.Context]) -> pd.DataFrame:
@@ -141,12 +140,12 @@ def _candidate_rows(table: pd.DataFrame, contexts: list[simulate.Context]) -> pd
     )
 
 
-def _finish(last, rounds, logs, output_dir, marker, inputs, model, train_params, seed):
+def _finish(last, rounds, logs, output_dir, inputs, model, train_params, seed):
     """The last adapter to output_dir/adapter; the log, summary and marker of all rounds.
     Under `accelerate launch` every rank ran the rounds; rank 0 writes, the others wait."""
     from accelerate import PartialState
 
-    from .train import TrainResult
+    from .train import MARKER, TrainResult
 
     state = PartialState()
     adapter, log_path = output_dir / "adapter", output_dir / "train_log.jsonl"
@@ -181,6 +180,6 @@ def _finish(last, rounds, logs, output_dir, marker, inputs, model, train_params,
             output_dir / "train_summary.json",
             {"model": model, "seed": seed, "train_params": asdict(train_params), "timing": timing},
         )
-        mark_done(marker, *inputs)
+        mark_done(output_dir / MARKER, *inputs)
     state.wait_for_everyone()
     return TrainResult(adapter, log, timing, log_path)

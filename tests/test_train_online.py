@@ -55,22 +55,21 @@ def recipe(params, reward, records, output_dir, reuse=True):
     )
 
 
+def trained(root, overrides, name):
+    params, reward, records = setup(root, overrides)
+    result = recipe(params, reward, records, root / "train")
+    print(f"\n{name} timing {json.dumps(result.timing)}")
+    return root, params, reward, records, result
+
+
 @pytest.fixture(scope="module")
 def online(tmp_path_factory):
-    root = tmp_path_factory.mktemp("online")
-    params, reward, records = setup(root, ONLINE)
-    result = recipe(params, reward, records, root / "train")
-    print(f"\nonline DPO timing {json.dumps(result.timing)}")
-    return root, params, reward, records, result
+    return trained(tmp_path_factory.mktemp("online"), ONLINE, "online DPO")
 
 
 @pytest.fixture(scope="module")
 def grpo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpo")
-    params, reward, records = setup(root, GRPO)
-    result = recipe(params, reward, records, root / "train")
-    print(f"\nGRPO timing {json.dumps(result.timing)}")
-    return root, params, reward, records, result
+    return trained(tmp_path_factory.mktemp("grpo"), GRPO, "GRPO")
 
 
 class Counted:
@@ -216,7 +215,7 @@ def test_a_grpo_rerun_with_the_same_seed_makes_no_new_reward_generation(grpo):
 
 
 def test_bad_online_settings_fail_before_weights_load(monkeypatch, tmp_path):
-    monkeypatch.setattr(train, "_load_policy", _no_weights)
+    monkeypatch.setattr(train, "load_policy", _no_weights)
     monkeypatch.setattr(models, "resolve", _no_weights)
     with pytest.raises(ParamsError, match=r"train\.group_size.*>= 2 for method grpo"):
         config.load("params/smoke.yaml", ["train.method=grpo", "train.group_size=1"])
@@ -245,7 +244,7 @@ def test_bad_online_settings_fail_before_weights_load(monkeypatch, tmp_path):
 
 def test_grpo_refuses_greedy_sampling_before_weights_load(monkeypatch, tmp_path):
     params, reward, records = setup(tmp_path, [*GRPO, "generation.temperature=0"])
-    monkeypatch.setattr(train, "_load_policy", _no_weights)
+    monkeypatch.setattr(train, "load_policy", _no_weights)
     monkeypatch.setattr(models, "resolve", _no_weights)
     with pytest.raises(ValueError, match="temperature is 0"):
         recipe(params, reward, records, tmp_path / "train")

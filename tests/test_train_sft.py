@@ -133,7 +133,7 @@ def test_sft_labels_cover_every_assistant_turn_and_nothing_else(tmp_path):
     from transformers import AutoModelForCausalLM
 
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    plan = train._plan(SFT_PARAMS)
+    plan = train.plan_for(SFT_PARAMS)
     trainer = train.sft_trainer(rows, tokenizer, policy, SFT_PARAMS, plan, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     for row, messages in enumerate(batch_conversations):
@@ -225,7 +225,7 @@ def test_dpo_with_init_sft_starts_from_the_sft_adapter(dpo_from_sft):
 
 
 def test_unknown_method_is_a_params_error_naming_the_key(monkeypatch, tmp_path):
-    monkeypatch.setattr(train, "_load_policy", _no_weights)  # no weights may load
+    monkeypatch.setattr(train, "load_policy", _no_weights)  # no weights may load
     with pytest.raises(ParamsError, match=r"train\.method.*dpo, sft, online_dpo, grpo"):
         config.load("params/smoke.yaml", ["train.method=nonsense"])
     with pytest.raises(ParamsError, match=r"train\.method"):
@@ -241,7 +241,7 @@ def test_unknown_method_is_a_params_error_naming_the_key(monkeypatch, tmp_path):
 
 
 def test_sft_file_without_assistant_turns_fails_before_weights_load(monkeypatch, tmp_path):
-    monkeypatch.setattr(train, "_load_policy", _no_weights)
+    monkeypatch.setattr(train, "load_policy", _no_weights)
     monkeypatch.setattr(models, "resolve", _no_weights)
     bad = [CONVERSATIONS[0], {"messages": [{"role": "user", "content": "Hello?"}]}]
     sft_file = pairs.write_jsonl(bad, tmp_path / "sft.jsonl")

@@ -173,11 +173,7 @@ class HFBackend(Backend):
         from transformers import GenerationConfig, LogitsProcessorList
 
         pad = self.tokenizer.pad_token_id
-        cache = None
-        if prefix_lengths is None:
-            input_ids, mask = _left_padded(rows, pad)
-        else:
-            cache, input_ids, mask = self._shared_prefix_inputs(rows, prefix_lengths, pad)
+        cache, input_ids, mask = self._padded_inputs(rows, prefix_lengths)
         width = len(input_ids[0])
         processors = LogitsProcessorList()
         if params["temperature"] > 0:
@@ -205,6 +201,13 @@ class HFBackend(Backend):
             new_ids.append(row[:end])
         return new_ids
 
+    def _padded_inputs(self, rows: list[list[int]], prefix_lengths: list[int] | None):
+        """(cache, ids, mask) of left-padded rows: no cache, or the shared prefixes' cache."""
+        pad = self.tokenizer.pad_token_id
+        if prefix_lengths is None:
+            return None, *_left_padded(rows, pad)
+        return self._shared_prefix_inputs(rows, prefix_lengths, pad)
+
     def _prefix_cache(self, prefixes: list[list[int]], pad: int):
         """The key/value cache of left-padded prefixes, one forward pass, no logits kept."""
         import torch
@@ -220,12 +223,7 @@ class HFBackend(Backend):
         """Next-token logits after each row, one batch; shared prefixes computed once."""
         import torch
 
-        pad = self.tokenizer.pad_token_id
-        cache = None
-        if prefix_lengths is None:
-            ids, mask = _left_padded(rows, pad)
-        else:
-            cache, ids, mask = self._shared_prefix_inputs(rows, prefix_lengths, pad)
+        cache, ids, mask = self._padded_inputs(rows, prefix_lengths)
         inputs = self._inputs(ids, mask)
         if cache is not None:  # feed only the suffixes; the mask still spans the prefixes
             done = cache.get_seq_length()
