@@ -237,11 +237,9 @@ class HFBackend(Backend):
         import torch
 
         prefixes = [tuple(r[:p]) for r, p in zip(rows, prefix_lengths)]
-        unique = list(dict.fromkeys(prefixes))
-        cache = self._prefix_cache([list(u) for u in unique], pad)
-        cache.batch_select_indices(
-            torch.tensor([unique.index(p) for p in prefixes], device=self.device)
-        )
+        index = {p: k for k, p in enumerate(dict.fromkeys(prefixes))}  # first-seen order
+        cache = self._prefix_cache([list(p) for p in index], pad)
+        cache.batch_select_indices(torch.tensor([index[p] for p in prefixes], device=self.device))
         head_ids, head_mask = _left_padded([list(p) for p in prefixes], pad)
         tail_ids, tail_mask = _left_padded([r[p:] for r, p in zip(rows, prefix_lengths)], pad)
         ids = [h + t for h, t in zip(head_ids, tail_ids)]
